@@ -1,0 +1,177 @@
+"""``python -m benchmark``: run the benchmark, list registered entries, re-render a run's report.
+
+Examples::
+
+    python -m benchmark run --defense saferedir --attack all
+    python -m benchmark run --model tiny-random --task toy --defense none,negative-prompt --out /tmp/runs
+    python -m benchmark run --suite smoke
+    python -m benchmark list defenses
+    python -m benchmark report runs/<run-id>
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from benchmark.config import ConfigError, config_from_mapping, load_suite_file, merge, parse_option
+from benchmark.registry import ALL_REGISTRIES, REGISTRIES_BY_KIND, SUITES, UnknownEntryError, load_plugin
+
+log = logging.getLogger("benchmark")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmark",
+        description="unlearn-arena: attack concept-unlearning defenses of text-to-image diffusion models.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Examples::", 1)[1],
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run defenses x attacks on a model's tasks and write a leaderboard",
+                         description="Run every (task, defense, attack, prompt, seed) cell; cached cells are "
+                         "reused, so a rerun or a resumed run only computes what is missing. The run "
+                         "directory is printed as the last line.")
+    run.add_argument("--suite", help="a named suite (`list suites`) or a suite file (.yaml/.toml); flags override it")
+    run.add_argument("--model", help="registered model (`list models`) or a local pipeline folder "
+                     "(default: sd-mini)")
+    run.add_argument("--model-revision", help="hub revision (commit) to pin for hub models")
+    run.add_argument("--task", action="append", help="task(s), comma-separated (default: the model's tasks)")
+    run.add_argument("--defense", action="append", help="defense(s), comma-separated, or 'all'; 'none' is always run")
+    run.add_argument("--attack", action="append", help="attack(s), comma-separated, or 'all'; 'none' is always run")
+    run.add_argument("--prompts", help="a prompt file (CSV/TSV/JSON/JSONL/TXT) replacing the task's attack prompts")
+    run.add_argument("--prompt-column", help="column of --prompts / --benign-prompts holding the prompt "
+                     "(auto: prompt, adv_prompt, text, caption)")
+    run.add_argument("--benign-prompts", help="a prompt file replacing the task's benign prompts")
+    run.add_argument("--max-prompts", type=int, help="use the first N attack prompts of each task")
+    run.add_argument("--max-benign", type=int, help="use the first N benign prompts of each task")
+    run.add_argument("--images-per-prompt", type=int, help="images per prompt (seeds: evaluation seed + index)")
+    run.add_argument("--steps", type=int, help="sampler steps (default: the model's)")
+    run.add_argument("--guidance", type=float, help="guidance scale for prompts whose file sets none")
+    run.add_argument("--height", type=int)
+    run.add_argument("--width", type=int)
+    run.add_argument("--batch-size", type=int, help="images per batch (does not change any image)")
+    run.add_argument("--seed", type=int, help="base seed for prompts without an evaluation seed")
+    run.add_argument("--option", action="append", default=[], metavar="KIND:NAME.KEY=VALUE",
+                     help="a component option, e.g. defense:negative-prompt.text='nudity, naked'")
+    run.add_argument("--device", help="auto (default: CUDA if available), cpu, cuda, cuda:N")
+    run.add_argument("--dtype", help="auto (default: fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16")
+    run.add_argument("--data-dir", help="folder holding third-party prompt files (default: $UNLEARN_ARENA_DATA or ./data)")
+    run.add_argument("--name", help="prefix of the run directory's name")
+    run.add_argument("--out", help="store root holding cells and run directories (default: runs/)")
+    run.add_argument("--plugin", action="append", help="a .py file registering your own defenses/attacks/...")
+    run.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
+
+    lst = sub.add_parser("list", help="list registered entries with a one-line description")
+    lst.add_argument("kind", nargs="?", choices=sorted(REGISTRIES_BY_KIND), help="only this kind")
+    lst.add_argument("--plugin", action="append", default=[], help="also load this plugin file")
+
+    report = sub.add_parser("report", help="re-render the leaderboard of a run directory from its records")
+    report.add_argument("run_dir", type=Path)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace):
+    data: dict = {}
+    if args.suite:
+        path = Path(args.suite)
+        if not path.is_file():
+            path = SUITES.get(args.suite)
+        data = load_suite_file(path)
+    flags = {
+        "model": args.model, "model_revision": args.model_revision, "tasks": args.task,
+        "defenses": args.defense, "attacks": args.attack, "prompts": args.prompts,
+        "prompt_column": args.prompt_column, "benign_prompts": args.benign_prompts,
+        "max_prompts": args.max_prompts, "max_benign": args.max_benign, "device": args.device,
+        "dtype": args.dtype, "data_dir": args.data_dir, "name": args.name, "out": args.out, "plugins": args.plugin,
+    }
+    sampler = {"images_per_prompt": args.images_per_prompt, "num_inference_steps": args.steps,
+               "guidance_scale": args.guidance, "height": args.height, "width": args.width,
+               "batch_size": args.batch_size, "seed": args.seed}
+    flags["sampler"] = {k: v for k, v in sampler.items() if v is not None}
+    options: dict[str, dict] = {}
+    for assignment in args.option:
+        kind, name, key, value = parse_option(assignment)
+        options.setdefault(f"{kind}_options", {}).setdefault(name, {})[key] = value
+    merged = merge(data, flags)
+    for table, values in options.items():
+        current = {k: dict(v) for k, v in merged.get(table, {}).items()}
+        for name, opts in values.items():
+            current.setdefault(name, {}).update(opts)
+        merged[table] = current
+    return config_from_mapping(merged, origin=str(args.suite or "command line"))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from benchmark.runner import execute, resolve
+
+    config = config_from_args(args)
+    if args.dry_run:
+        resolved, _ = resolve(config)
+        print(resolved.to_yaml())
+        return 0
+    summary = execute(config)
+    print(summary.markdown)
+    for counter in summary.counters:
+        print(counter)
+    print(summary.run_dir)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for plugin in args.plugin:
+        load_plugin(plugin)
+    registries = [REGISTRIES_BY_KIND[args.kind]] if args.kind else ALL_REGISTRIES
+    for registry in registries:
+        entries = list(registry.entries())
+        print(f"{registry.kind} ({len(entries)}):")
+        width = max((len(e.name) for e in entries), default=0)
+        for entry in entries:
+            origin = "" if entry.source == "builtin" else f"  [{entry.source}]"
+            print(f"  {entry.name:<{width}}  {entry.description}{origin}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from benchmark.store import atomic_write_text
+    from reports.leaderboard import compute_leaderboard, render_markdown
+
+    records_path = args.run_dir / "records.parquet"
+    if not records_path.is_file():
+        raise FileNotFoundError(f"{records_path} not found: pass a run directory written by `benchmark run`")
+    board = compute_leaderboard(pd.read_parquet(records_path))
+    markdown = render_markdown(board)
+    atomic_write_text(args.run_dir / "leaderboard.csv", board.to_csv(index=False))
+    atomic_write_text(args.run_dir / "leaderboard.md", markdown)
+    print(markdown)
+    print(args.run_dir)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "huggingface_hub", "diffusers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if not args.verbose else logging.INFO)
+    handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report}
+    try:
+        return handlers[args.command](args)
+    except (UnknownEntryError, ConfigError, FileNotFoundError, ValueError) as error:
+        if args.verbose:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # model unavailable and friends: say what, not a traceback
+        from benchmark.models.base import ModelUnavailableError
+
+        if isinstance(error, ModelUnavailableError) and not args.verbose:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        raise

@@ -1,0 +1,139 @@
+"""Pretrained pipelines: Stable Diffusion from the Hugging Face hub (by id and revision) or a local folder.
+
+Loading never hangs offline: the local hub cache is tried first; a download is attempted only when the
+hub is not switched off (``HF_HUB_OFFLINE``), with short timeouts, and any failure becomes a
+:class:`ModelUnavailableError` naming the id and how to pass a local folder instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from benchmark.hashing import file_hash, stable_hash
+from benchmark.models.base import (
+    LoadedModel,
+    ModelSpec,
+    ModelUnavailableError,
+    SamplerDefaults,
+    prepare_pipeline,
+)
+
+log = logging.getLogger(__name__)
+
+# Only what a StableDiffusionPipeline needs; skips the .ckpt / non-ema / flax duplicates of SD repos.
+ALLOW_PATTERNS = ["model_index.json", "*/config.json", "*/*.txt", "*/*.json", "*/*.safetensors"]
+
+
+def fingerprint_folder(folder: Path) -> str:
+    """A content identity of a pipeline folder that is cheap for multi-GB weights: every file's relative
+    name and size, plus the hash of every small file and of the first MiB of every weight file."""
+    parts = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel.startswith(".") or "/." in rel:
+            continue
+        size = path.stat().st_size
+        if size <= (1 << 20):
+            digest = file_hash(path)
+        else:
+            with path.open("rb") as handle:
+                digest = stable_hash(handle.read(1 << 20).hex())
+        parts.append((rel, size, digest))
+    return stable_hash(parts)
+
+
+def load_pipeline_folder(folder: Path, device: torch.device, dtype: torch.dtype):
+    from diffusers import StableDiffusionPipeline
+
+    if not (folder / "model_index.json").is_file():
+        raise ModelUnavailableError(
+            f"{folder} is not a diffusers pipeline folder (no model_index.json). Pass a folder written by "
+            "`StableDiffusionPipeline.save_pretrained`."
+        )
+    pipe = StableDiffusionPipeline.from_pretrained(
+        folder, safety_checker=None, requires_safety_checker=False, torch_dtype=dtype, local_files_only=True
+    )
+    return prepare_pipeline(pipe, device, dtype)
+
+
+@dataclass(kw_only=True)
+class HubModel(ModelSpec):
+    """A Stable Diffusion pipeline on the Hugging Face hub."""
+
+    name: str
+    hub_id: str
+    description: str
+    revision: str = "main"
+    default_tasks: tuple[str, ...] = ("nudity",)
+    defaults: SamplerDefaults = SamplerDefaults()
+
+    def snapshot(self, revision: str) -> Path:
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(self.hub_id, revision=revision, allow_patterns=ALLOW_PATTERNS,
+                                          local_files_only=True))
+        except Exception as cached_error:  # not in the cache: maybe download
+            if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+                raise self.unavailable(revision, "HF_HUB_OFFLINE is set and it is not cached") from cached_error
+        os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
+        os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "30")
+        try:
+            return Path(snapshot_download(self.hub_id, revision=revision, allow_patterns=ALLOW_PATTERNS))
+        except Exception as error:
+            raise self.unavailable(revision, f"download failed: {type(error).__name__}: {error}") from error
+
+    def unavailable(self, revision: str, why: str) -> ModelUnavailableError:
+        return ModelUnavailableError(
+            f"Model '{self.name}' ({self.hub_id} @ {revision}) is not available: {why}. Either download it "
+            f"where the hub is reachable (`huggingface-cli download {self.hub_id} --revision {revision}`) "
+            f"and copy the cache here, or save the pipeline to a folder and pass `--model /path/to/folder`."
+        )
+
+    def load(self, device: torch.device, dtype: torch.dtype, revision: str | None = None) -> LoadedModel:
+        revision = revision or self.revision
+        folder = self.snapshot(revision)
+        pipe = load_pipeline_folder(folder, device, dtype)
+        # The snapshot folder is named after the commit it resolved to: that is the pin we record.
+        commit = folder.name
+        key = stable_hash({"hub_id": self.hub_id, "commit": commit})
+        return LoadedModel(self.name, key, pipe, device, dtype, self.defaults,
+                           {"hub_id": self.hub_id, "revision": revision, "commit": commit})
+
+
+@dataclass(kw_only=True)
+class LocalFolderModel(ModelSpec):
+    """A pipeline folder given as ``--model /path/to/folder``."""
+
+    folder: Path
+    name: str = ""
+    description: str = "a local diffusers pipeline folder"
+    default_tasks: tuple[str, ...] = ("nudity",)
+    defaults: SamplerDefaults = SamplerDefaults()
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.folder.name
+        index = self.folder / "model_index.json"
+        if index.is_file():
+            # SD 2.x base models sample at 768 when their UNet says so; read the size from the config.
+            unet_config = self.folder / "unet" / "config.json"
+            vae_config = self.folder / "vae" / "config.json"
+            if unet_config.is_file() and vae_config.is_file():
+                sample = json.loads(unet_config.read_text()).get("sample_size", 64)
+                blocks = len(json.loads(vae_config.read_text()).get("block_out_channels", [0, 0, 0, 0]))
+                size = int(sample) * 2 ** (blocks - 1)
+                self.defaults = SamplerDefaults(50, 7.5, size, size)
+
+    def load(self, device: torch.device, dtype: torch.dtype, revision: str | None = None) -> LoadedModel:
+        if not self.folder.is_dir():
+            raise ModelUnavailableError(f"--model {self.folder}: no such folder")
+        pipe = load_pipeline_folder(self.folder, device, dtype)
+        key = stable_hash({"folder_fingerprint": fingerprint_folder(self.folder)})
+        return LoadedModel(self.name, key, pipe, device, dtype, self.defaults,
+                           {"folder_name": self.folder.name, "fingerprint": key})

@@ -1,0 +1,109 @@
+"""``tiny-random``: a complete diffusers StableDiffusionPipeline with small, fixed-seed random weights.
+
+For tests and plumbing checks only: its images are noise-like and say nothing about any defense.
+Every component is built from a config (no download): UNet2DConditionModel, AutoencoderKL,
+CLIPTextModel, a byte-level CLIPTokenizer generated on the fly, and a DDIM scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from benchmark.hashing import stable_hash
+from benchmark.models.base import LoadedModel, ModelSpec, SamplerDefaults, prepare_pipeline
+
+SEED = 0
+IMAGE_SIZE = 32
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """The byte -> printable-character table of byte-level BPE (as GPT-2 and CLIP define it)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return {b: chr(c) for b, c in zip(printable, codes, strict=True)}
+
+
+def write_byte_level_clip_tokenizer(folder: Path, model_max_length: int = 77) -> Path:
+    """Write a CLIPTokenizer whose vocabulary is the 256 byte symbols (with and without the end-of-word
+    marker) and no merges: every string tokenizes, one token per character, fully offline."""
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = list(bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for symbol in symbols:
+        vocab[symbol] = len(vocab)
+    for symbol in symbols:
+        vocab[symbol + "</w>"] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"model_max_length": model_max_length, "tokenizer_class": "CLIPTokenizer",
+                    "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+                    "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}),
+        encoding="utf-8",
+    )
+    return folder
+
+
+def build_tiny_pipeline() -> torch.nn.Module:
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    tokenizer_dir = write_byte_level_clip_tokenizer(Path(tempfile.mkdtemp(prefix="tiny-random-tok-")))
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    # fork_rng: building the model must not move the caller's global RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64), layers_per_block=1, sample_size=IMAGE_SIZE // 2,
+            in_channels=4, out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(32, 64), in_channels=3, out_channels=3,
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            latent_channels=4, sample_size=IMAGE_SIZE, norm_num_groups=32,
+        )
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, hidden_size=32, intermediate_size=37,
+            num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tokenizer),
+            max_position_embeddings=77, layer_norm_eps=1e-5,
+        ))
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
+    )
+
+
+class TinyRandomModel(ModelSpec):
+    """Tiny StableDiffusionPipeline with fixed-seed RANDOM weights, for tests only (images are noise)."""
+
+    name = "tiny-random"
+    default_tasks = ("toy",)
+    defaults = SamplerDefaults(num_inference_steps=4, guidance_scale=5.0, height=IMAGE_SIZE, width=IMAGE_SIZE)
+
+    def load(self, device: torch.device, dtype: torch.dtype, revision: str | None = None) -> LoadedModel:
+        pipe = prepare_pipeline(build_tiny_pipeline(), device, dtype)
+        key = stable_hash({"model": self.name, "seed": SEED, "version": 1})
+        return LoadedModel(self.name, key, pipe, device, dtype, self.defaults, {"model": self.name,
+                                                                                "weights": f"random seed {SEED}"})

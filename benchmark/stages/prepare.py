@@ -1,0 +1,45 @@
+"""Stage 1, prepare: build or load each defense's artifact, once per (model, task, defense config)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from benchmark.hashing import stable_hash
+from benchmark.stages import StageCounter
+from benchmark.store import CellStore, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+DONE_FILE = "prepared.json"
+
+
+def prepare_key(model_key: str, task_name: str, defense_config: dict) -> str:
+    return stable_hash({"stage": "prepare", "model": model_key, "task": task_name, "defense": defense_config})
+
+
+def prepare_defense(defense, model, task, store: CellStore, counter: StageCounter) -> tuple[str, Path, dict]:
+    """Returns (key, artifact_dir, metadata). The directory is complete iff ``prepared.json`` exists:
+    it is written last, so a run killed while training a defense retrains it rather than trusting half
+    an artifact."""
+    from defenses.base import PrepareContext
+
+    key = prepare_key(model.key, task.name, defense.config())
+    artifact_dir = store.dir("prepare", key)
+    done = artifact_dir / DONE_FILE
+    if done.is_file():
+        import json
+
+        counter.cached += 1
+        return key, artifact_dir, json.loads(done.read_text())
+    artifact_dir.mkdir(parents=True, exist_ok=True)
+    log.info("preparing defense %s for task %s", defense.name, task.name)
+    start = time.perf_counter()
+    meta = defense.prepare(PrepareContext(model=model, task=task, artifact_dir=artifact_dir)) or {}
+    seconds = time.perf_counter() - start
+    meta = {"defense": defense.config(), "task": task.name, "model_key": model.key,
+            "prepare_seconds": seconds, **meta}
+    atomic_write_json(done, meta)
+    counter.computed += 1
+    return key, artifact_dir, meta

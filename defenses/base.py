@@ -1,0 +1,124 @@
+"""The defense interface.
+
+A defense is prepared once per (model, task, config) -- training, editing or loading its artifact --
+and then applied to the loaded base pipeline, giving a :class:`DefendedPipeline` that the generate
+stage samples from and that white-box attacks optimise through.
+
+Kinds:
+
+* ``weight-edit``: changes weights (ESD, UCE, a published unlearned checkpoint). Must undo its edit in
+  :meth:`DefendedPipeline.close`, since the base pipeline is shared with the other defenses of a run.
+* ``inference-time``: changes sampling through diffusers' own extension points
+  (``negative_prompt``, ``callback_on_step_end``, attention processors), never by monkeypatching.
+* ``filter``: blocks finished images; a blocked image counts as not broken.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from PIL import Image
+
+from benchmark.component import Component
+
+if TYPE_CHECKING:
+    from benchmark.models.base import LoadedModel
+    from benchmark.tasks import Task
+
+
+class DefenseKind(str, Enum):
+    NONE = "none"
+    WEIGHT_EDIT = "weight-edit"
+    INFERENCE_TIME = "inference-time"
+    FILTER = "filter"
+
+
+@dataclass
+class PrepareContext:
+    """What :meth:`Defense.prepare` may use. ``artifact_dir`` is content-addressed by the defense's config,
+    the model and the task: whatever is written there is reused by every later run."""
+
+    model: LoadedModel
+    task: Task
+    artifact_dir: Path
+
+
+class DefendedPipeline:
+    """The defended sampler: the base pipeline plus the defense's call arguments and filter.
+
+    Subclass and override :meth:`call_kwargs` (inference-time), :meth:`blocked` (filters) or
+    :meth:`close` (weight edits that must be undone).
+    """
+
+    def __init__(self, model: LoadedModel, defense: Defense, task: Task):
+        self.model = model
+        self.pipe = model.pipe
+        self.defense = defense
+        self.task = task
+
+    def call_kwargs(self, batch_size: int) -> dict[str, Any]:
+        """Extra keyword arguments for ``StableDiffusionPipeline.__call__``."""
+        return {}
+
+    def blocked(self, images: Sequence[Image.Image]) -> list[bool]:
+        """Which finished images the defense refuses to return (filters only)."""
+        return [False] * len(images)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str] | None,
+        latents: torch.Tensor,
+        *,
+        prompt_embeds: torch.Tensor | None = None,
+        num_inference_steps: int,
+        guidance_scale: float,
+        height: int,
+        width: int,
+    ) -> list[Image.Image]:
+        """Sample one image per initial latent. ``latents`` fix the noise of each image, which is what
+        makes an image independent of the batch it was drawn in."""
+        kwargs = dict(self.call_kwargs(latents.shape[0]))
+        output = self.pipe(
+            prompt=prompts,
+            prompt_embeds=prompt_embeds,
+            latents=latents,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            height=height,
+            width=width,
+            output_type="pil",
+            **kwargs,
+        )
+        return list(output.images)
+
+    def close(self) -> None:
+        """Undo whatever :meth:`Defense.apply` changed on the shared base pipeline."""
+
+
+class Defense(Component):
+    """Base class of defenses: set ``kind``, declare ``Options``, implement :meth:`apply`
+    (and :meth:`prepare` if the defense has an artifact to build)."""
+
+    kind: ClassVar[DefenseKind] = DefenseKind.INFERENCE_TIME
+    supported_models: ClassVar[tuple[str, ...]] = ("*",)
+    # Whether gradients w.r.t. the prompt embedding flow through the defended sampler; white-box
+    # attacks need it to be adaptive. A hard switch (a classifier's decision) can still pass gradients
+    # through the branch it took.
+    differentiable: ClassVar[bool] = True
+
+    def supports(self, model_name: str) -> bool:
+        return "*" in self.supported_models or model_name in self.supported_models
+
+    def prepare(self, ctx: PrepareContext) -> dict[str, Any]:
+        """Build the artifact into ``ctx.artifact_dir``; return metadata to record (e.g. losses)."""
+        return {}
+
+    @abstractmethod
+    def apply(self, model: LoadedModel, task: Task, artifact_dir: Path) -> DefendedPipeline: ...

@@ -1,0 +1,38 @@
+"""Negative prompt: the concept words replace the empty unconditional prompt of classifier-free
+guidance, so guidance pushes away from them. Keyword-level by construction: a paraphrase that avoids
+the words is expected to get through, which is what the paraphrase attack measures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmark.registry import DEFENSES
+from defenses.base import DefendedPipeline, Defense, DefenseKind
+
+
+@dataclass
+class NegativePromptOptions:
+    text: str | None = None  # the negative prompt; default: the task's concept words joined by ", "
+
+
+class NegativePromptPipeline(DefendedPipeline):
+    def __init__(self, model, defense, task, text: str):
+        super().__init__(model, defense, task)
+        self.text = text
+
+    def call_kwargs(self, batch_size: int) -> dict[str, Any]:
+        return {"negative_prompt": [self.text] * batch_size}
+
+
+@DEFENSES.register("negative-prompt")
+class NegativePrompt(Defense):
+    """Negative prompt on the task's concept words (keyword-level, inference-time)."""
+
+    kind = DefenseKind.INFERENCE_TIME
+    Options = NegativePromptOptions
+
+    def apply(self, model, task, artifact_dir: Path) -> DefendedPipeline:
+        text = self.options.text or ", ".join(task.concept_words)
+        return NegativePromptPipeline(model, self, task, text)

@@ -1,0 +1,1 @@
+"""Leaderboards, tables and plots computed from a run's records."""
