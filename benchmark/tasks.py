@@ -89,3 +89,28 @@ TOY = Task(
 
 for _task in (NUDITY, VAN_GOGH, CHURCH, TOY):
     TASKS.add(_task.name, _task, _task.description)
+
+
+def _mini_tasks() -> list[Task]:
+    """sd-mini's tasks, built from the world's own task data (benchmark/models/mini/tasks.py)."""
+    from benchmark.models.mini import TASKS as MINI
+
+    tasks = []
+    for name, spec in MINI.items():
+        tasks.append(Task(
+            name=name,
+            description=spec.description,
+            concept_words=tuple(spec.concept_words),
+            attack_prompts=f"{name}-attack",
+            benign_prompts=f"{name}-benign",
+            judge=JudgeSpec("mini-detector", {"label": spec.detector_label}),
+            utility_judge=JudgeSpec("clip-mini"),
+            guide_concept="",
+            retention_concepts=tuple(spec.retention_concepts),
+            models=("sd-mini",),
+        ))
+    return tasks
+
+
+for _task in _mini_tasks():
+    TASKS.add(_task.name, _task, _task.description)

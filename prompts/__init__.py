@@ -116,6 +116,11 @@ SPECS: list[PromptSetSpec] = [
 for _spec in SPECS:
     PROMPT_SETS.add(_spec.name, _spec, _spec.description)
 
+from prompts.mini import MINI_SETS  # noqa: E402  (sd-mini's sets come after the file-backed ones)
+
+for _mini in MINI_SETS:
+    PROMPT_SETS.add(_mini.name, _mini, _mini.description)
+
 
 def load_prompt_set(name: str, data_dir: str | Path | None = None, limit: int | None = None) -> list[Prompt]:
     """Load a registered prompt set by name (unknown names fail with a 'did you mean' hint)."""

@@ -18,3 +18,13 @@ JUDGES.register_lazy(
     "benchmark.judges.clip_zero_shot:ClipZeroShotJudge",
     "CLIP zero-shot concept classifier with documented label sets; presets van-gogh (default), church",
 )
+JUDGES.register_lazy(
+    "mini-detector",
+    "benchmark.judges.mini:MiniDetectorJudge",
+    "sd-mini's multi-label concept detector (the NudeNet of that world); option label, threshold 0.5",
+)
+JUDGES.register_lazy(
+    "clip-mini",
+    "benchmark.judges.mini:ClipMiniJudge",
+    "Utility: CLIP score 100*max(cos, 0) with sd-mini's own contrastively trained CLIP",
+)

@@ -20,10 +20,8 @@ content hash of its weights (for the judge identity stored in each record).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from functools import cached_property
@@ -251,25 +249,10 @@ class OpenClipEncoder(ClipEncoder):
 
 
 def tiny_tokenizer() -> Any:
-    """A real ``CLIPTokenizer`` over a byte-level character vocabulary, built offline.
+    """The offline byte-level CLIPTokenizer shared with the tiny-random pipeline."""
+    from benchmark.models.byte_tokenizer import byte_level_clip_tokenizer
 
-    Every byte maps to a token (with and without CLIP's ``</w>`` end-of-word suffix) and there are no
-    merges, so any text tokenizes (one token per byte) and long prompts exercise truncation.
-    """
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import CLIPTokenizer
-
-    alphabet = sorted(ByteLevel.alphabet())
-    vocab: dict[str, int] = {}
-    for suffix in ("", "</w>"):
-        for char in alphabet:
-            vocab[char + suffix] = len(vocab)
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    with tempfile.TemporaryDirectory(prefix="tiny-clip-tokenizer-") as folder:
-        Path(folder, "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-        Path(folder, "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-        return CLIPTokenizer.from_pretrained(folder, local_files_only=True, model_max_length=CLIP_MAX_TOKENS)
+    return byte_level_clip_tokenizer(CLIP_MAX_TOKENS)
 
 
 def _image_processor_class() -> Any:

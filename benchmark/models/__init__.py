@@ -6,6 +6,8 @@ from pathlib import Path
 
 from benchmark.registry import MODELS
 
+MODELS.register_lazy("sd-mini", "benchmark.models.sd_mini:SdMiniModel",
+                     "The embedded sd-mini world: a small real text-to-image model trained by the project, 64px (default)")
 MODELS.register_lazy("tiny-random", "benchmark.models.tiny_random:TinyRandomModel",
                      "Tiny StableDiffusionPipeline with fixed-seed RANDOM weights, for tests only")
 MODELS.register_lazy("sd-1.4", "benchmark.models.catalog:SD14",

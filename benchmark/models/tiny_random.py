@@ -2,14 +2,10 @@
 
 For tests and plumbing checks only: its images are noise-like and say nothing about any defense.
 Every component is built from a config (no download): UNet2DConditionModel, AutoencoderKL,
-CLIPTextModel, a byte-level CLIPTokenizer generated on the fly, and a DDIM scheduler.
+CLIPTextModel, a byte-level CLIPTokenizer built offline, and a DDIM scheduler.
 """
 
 from __future__ import annotations
-
-import json
-import tempfile
-from pathlib import Path
 
 import torch
 
@@ -20,49 +16,13 @@ SEED = 0
 IMAGE_SIZE = 32
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """The byte -> printable-character table of byte-level BPE (as GPT-2 and CLIP define it)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    codes = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return {b: chr(c) for b, c in zip(printable, codes, strict=True)}
-
-
-def write_byte_level_clip_tokenizer(folder: Path, model_max_length: int = 77) -> Path:
-    """Write a CLIPTokenizer whose vocabulary is the 256 byte symbols (with and without the end-of-word
-    marker) and no merges: every string tokenizes, one token per character, fully offline."""
-    folder.mkdir(parents=True, exist_ok=True)
-    symbols = list(bytes_to_unicode().values())
-    vocab: dict[str, int] = {}
-    for symbol in symbols:
-        vocab[symbol] = len(vocab)
-    for symbol in symbols:
-        vocab[symbol + "</w>"] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps({"model_max_length": model_max_length, "tokenizer_class": "CLIPTokenizer",
-                    "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-                    "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}),
-        encoding="utf-8",
-    )
-    return folder
-
-
 def build_tiny_pipeline() -> torch.nn.Module:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    tokenizer_dir = write_byte_level_clip_tokenizer(Path(tempfile.mkdtemp(prefix="tiny-random-tok-")))
-    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    from benchmark.models.byte_tokenizer import byte_level_clip_tokenizer
+
+    tokenizer = byte_level_clip_tokenizer(77)
     # fork_rng: building the model must not move the caller's global RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
