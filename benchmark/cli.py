@@ -82,6 +82,7 @@ def config_from_args(args: argparse.Namespace):
         if not path.is_file():
             path = SUITES.get(args.suite)
         data = load_suite_file(path)
+        data.setdefault("name", Path(path).stem)  # run directories are named after their suite
     flags = {
         "model": args.model, "model_revision": args.model_revision, "tasks": args.task,
         "defenses": args.defense, "attacks": args.attack, "prompts": args.prompts,
@@ -140,13 +141,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from benchmark.store import atomic_write_text
-    from reports.leaderboard import compute_leaderboard, render_markdown
+    from reports.leaderboard import compute_leaderboard, judge_descriptions, render_markdown
 
     records_path = args.run_dir / "records.parquet"
     if not records_path.is_file():
         raise FileNotFoundError(f"{records_path} not found: pass a run directory written by `benchmark run`")
-    board = compute_leaderboard(pd.read_parquet(records_path))
-    markdown = render_markdown(board)
+    records = pd.read_parquet(records_path)
+    board = compute_leaderboard(records)
+    markdown = render_markdown(board, judge_descriptions(records))
     atomic_write_text(args.run_dir / "leaderboard.csv", board.to_csv(index=False))
     atomic_write_text(args.run_dir / "leaderboard.md", markdown)
     print(markdown)

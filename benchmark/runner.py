@@ -140,7 +140,6 @@ def execute(config: RunConfig) -> RunSummary:
                     "height": sampler.height, "width": sampler.width}
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
-    judge_descriptions: dict[str, str] = {}
 
     for task_name in config.tasks:
         task = TASKS.get(task_name)
@@ -151,9 +150,6 @@ def execute(config: RunConfig) -> RunSummary:
         # Judges first: a missing judge model should fail before an hour of generation, not after.
         concept_judge = build_judge(task.judge, config.judge_options, config.device)
         utility_judge = build_judge(task.utility_judge, config.judge_options, config.device)
-        ident = concept_judge.identity()
-        judge_descriptions[task.name] = (f"{ident.name} {ident.version}, preset {ident.preset}, "
-                                         f"threshold {ident.threshold}")
         task_cells: list[tuple[GenCell, dict]] = []
         for defense_name in config.defenses:
             defense = DEFENSES.get(defense_name)(**config.defense_options.get(defense_name, {}))
@@ -200,11 +196,11 @@ def execute(config: RunConfig) -> RunSummary:
     records = pd.DataFrame(rows, columns=COLUMNS)
     buffer = records.to_parquet(index=False)
     atomic_write_bytes(run_dir / "records.parquet", buffer)
-    from reports.leaderboard import compute_leaderboard, render_markdown
+    from reports.leaderboard import compute_leaderboard, judge_descriptions, render_markdown
 
     board = compute_leaderboard(records)
     atomic_write_text(run_dir / "leaderboard.csv", board.to_csv(index=False))
-    markdown = render_markdown(board, judge_descriptions)
+    markdown = render_markdown(board, judge_descriptions(records))
     if notes:
         markdown += "\n" + "\n".join(f"Note: {n}" for n in notes) + "\n"
     atomic_write_text(run_dir / "leaderboard.md", markdown)

@@ -76,6 +76,13 @@ def compute_leaderboard(records: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
 
 
+def judge_descriptions(records: pd.DataFrame) -> dict[str, str]:
+    """Task -> "name version, preset P, threshold T" of its concept judge, read from the records."""
+    concept = records[records["judge_role"] == "concept"].drop_duplicates("task")
+    return {row.task: f"{row.judge} {row.judge_version}, preset {row.judge_preset}, threshold {row.judge_threshold}"
+            for row in concept.itertuples()}
+
+
 def _fmt_rate(row: pd.Series) -> str:
     if row is None or (isinstance(row["value"], float) and math.isnan(row["value"])):
         return "–"

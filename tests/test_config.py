@@ -55,9 +55,11 @@ def test_cli_flags_and_suite_file_give_the_same_config(tmp_path):
         "--option", "defense:negative-prompt.text=church, chapel"]))
     from_yaml = config_from_args(parser.parse_args(["run", "--suite", str(suite)]))
     from_toml = config_from_args(parser.parse_args(["run", "--suite", str(toml)]))
+    assert from_yaml.name == "mine" and from_toml.name == "mine"  # run directories named after the suite
+    from_flags.name = "mine"
     assert from_flags == from_yaml == from_toml
     resolved = [resolve(c)[0] for c in (from_flags, from_yaml, from_toml)]
-    assert len({run_id(c) for c in resolved}) == 1
+    assert len({run_id(c) for c in resolved}) == 1 and run_id(resolved[0]).startswith("mine-")
     # Flags override the suite.
     overridden = config_from_args(parser.parse_args(["run", "--suite", str(suite), "--steps", "5"]))
     assert overridden.sampler.num_inference_steps == 5 and overridden.sampler.batch_size == 2

@@ -106,14 +106,20 @@ def cosine_lr(opt, base, frac, warm=0.03):
 # ----------------------------------------------------------------------------- stage: vae
 def stage_vae(args, ck: Path):
     torch.manual_seed(args.seed)
-    vae = nets.make_vae()
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    vae, base_lr = nets.make_vae(), 1e-3
+    if (ck / "vae").exists():  # continue a finished VAE stage (run with --force --stages vae): new cosine cycle
+        from diffusers import AutoencoderKL
+
+        vae, base_lr = AutoencoderKL.from_pretrained(ck / "vae"), 5e-4
+        log("vae: continuing from the existing checkpoint")
+    vae.train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=base_lr, weight_decay=0.0)
     timer = Timer(args.vae_minutes)
     rng = np.random.default_rng(args.seed + 1)
     step = 0
     bar = tqdm(desc="vae", unit="step")
     while not timer.done() and (args.max_steps is None or step < args.max_steps):
-        lr = cosine_lr(opt, 1e-3, timer.frac())
+        lr = cosine_lr(opt, base_lr, timer.frac())
         x, _ = render_batch(rng.integers(TRAIN_SEED0 + 10_000_000, TRAIN_SEED0 + 20_000_000, size=args.vae_batch))
         post = vae.encode(x * 2 - 1).latent_dist
         rec = (vae.decode(post.sample()).sample + 1) / 2
