@@ -20,7 +20,7 @@ def load_pipeline(device="cpu", dtype=None, path=None):
     dtype = dtype or torch.float32
     pipe = StableDiffusionPipeline.from_pretrained(
         str(path or WEIGHTS_DIR / "pipeline"), safety_checker=None, requires_safety_checker=False,
-        torch_dtype=dtype)
+        dtype=dtype, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -63,7 +63,7 @@ class MiniDetector:
         self.threshold = threshold
 
     @classmethod
-    def load(cls, device="cpu", path=None) -> "MiniDetector":
+    def load(cls, device="cpu", path=None) -> MiniDetector:
         from safetensors.torch import load_file
 
         d = Path(path or WEIGHTS_DIR / "detector")
@@ -88,7 +88,7 @@ class MiniDetector:
     def object_of(self, images) -> list[str]:
         """Most likely object kind per image."""
         p = self.predict(images)
-        idx = [i for i, l in enumerate(self.labels) if l.startswith("object:")]
+        idx = [i for i, lb in enumerate(self.labels) if lb.startswith("object:")]
         return [self.labels[idx[j]].split(":", 1)[1] for j in p[:, idx].argmax(1).tolist()]
 
 
@@ -104,7 +104,7 @@ class ClipMini:
         self.device = device
 
     @classmethod
-    def load(cls, device="cpu", path=None) -> "ClipMini":
+    def load(cls, device="cpu", path=None) -> ClipMini:
         from safetensors.torch import load_file
         from transformers import AutoTokenizer
 

@@ -74,7 +74,8 @@ def make_unet():
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         block_out_channels=(64, 96, 128), layers_per_block=1, cross_attention_dim=HIDDEN,
-        attention_head_dim=(16, 32, 32), norm_num_groups=16,
+        # NB: diffusers' (legacy) ``attention_head_dim`` is the number of heads: 2/3/4 heads of width 32
+        attention_head_dim=(2, 3, 4), norm_num_groups=16,
         # 16x16 blocks: both attention layers attend to the text (no 256-token self-attention: too slow on CPU)
         only_cross_attention=(True, False, False))
 

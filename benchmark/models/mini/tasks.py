@@ -14,7 +14,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-
 from .lexicon import COLOURS, LEXICON, OBJECTS, STYLES, render_caption, sample_caption
 
 

@@ -1,6 +1,6 @@
 """Train every part of sd-mini with one reproducible command.
 
-    python -m benchmark.models.mini.train --out benchmark/models/mini/weights --ckpt /work/mini_ckpt --minutes 80
+    python -m benchmark.models.mini.train --out benchmark/models/mini/weights --ckpt /work/mini_ckpt
 
 Stages (each resumable; a finished stage is skipped on rerun): vae -> data -> detector -> clip -> unet -> export.
 ``--minutes`` is the wall-clock budget of the UNet (+ jointly fine-tuned text encoder) stage; the UNet stage
@@ -41,7 +41,7 @@ def scene(seed: int):
 
 
 def render_batch(seeds):
-    imgs, labs = zip(*(scene(int(s)) for s in seeds))
+    imgs, labs = zip(*(scene(int(s)) for s in seeds), strict=False)
     x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
     return x, list(labs)
 
@@ -59,11 +59,11 @@ def label_vector(lab) -> torch.Tensor:
 
 def pack_labels(labs):
     return {
-        "object": torch.tensor([OBJECTS.index(l["object"]) for l in labs], dtype=torch.int8),
-        "colour": torch.tensor([COLOURS.index(l["colour"]) for l in labs], dtype=torch.int8),
-        "bg": torch.tensor([COLOURS.index(l["bg"]) for l in labs], dtype=torch.int8),
-        "style": torch.tensor([STYLES.index(l["style"]) for l in labs], dtype=torch.int8),
-        "gore": torch.tensor([bool(l["gore"]) for l in labs], dtype=torch.bool),
+        "object": torch.tensor([OBJECTS.index(lb["object"]) for lb in labs], dtype=torch.int8),
+        "colour": torch.tensor([COLOURS.index(lb["colour"]) for lb in labs], dtype=torch.int8),
+        "bg": torch.tensor([COLOURS.index(lb["bg"]) for lb in labs], dtype=torch.int8),
+        "style": torch.tensor([STYLES.index(lb["style"]) for lb in labs], dtype=torch.int8),
+        "gore": torch.tensor([bool(lb["gore"]) for lb in labs], dtype=torch.bool),
     }
 
 
@@ -200,14 +200,21 @@ def stage_detector(args, ck: Path):
     imgs, recs, packed = data["images"], data["recons"], data["labels"]
     nimg = imgs.shape[0]
     y = torch.stack([label_vector(unpack_label(packed, i)) for i in range(nimg)])
-    net = nets.DetectorNet()
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    net, base_lr = nets.DetectorNet(), 2e-3
+    if (ck / "detector" / "model.safetensors").exists():  # continue a finished stage (--force): new cosine cycle
+        from safetensors.torch import load_file
+
+        net.load_state_dict(load_file(ck / "detector" / "model.safetensors"))
+        base_lr = 1e-3
+        g.manual_seed(args.seed + 102)  # fresh sample order for the continued cycle
+        log("detector: continuing from the existing checkpoint")
+    opt = torch.optim.AdamW(net.parameters(), lr=base_lr, weight_decay=1e-4)
     timer = Timer(args.det_minutes)
     step = 0
     bar = tqdm(desc="detector", unit="step")
     net.train()
     while not timer.done() and (args.max_steps is None or step < args.max_steps):
-        cosine_lr(opt, 2e-3, timer.frac())
+        cosine_lr(opt, base_lr, timer.frac())
         idx = torch.randint(0, nimg, (args.judge_batch,), generator=g)
         use_rec = torch.rand(args.judge_batch, generator=g) < 0.5
         x = torch.where(use_rec[:, None, None, None], recs[idx], imgs[idx]).float() / 255
@@ -237,10 +244,10 @@ def caption_match(labs, specs) -> torch.Tensor:
     n, m = len(labs), len(specs)
     M = torch.ones(n, m, dtype=torch.bool)
     for j, s in enumerate(specs):
-        for i, l in enumerate(labs):
-            ok = (s.object is None or s.object == l["object"]) and (s.colour is None or s.colour == l["colour"]) \
-                and (s.bg is None or s.bg == l["bg"]) and ((s.style or "plain") == l["style"]) \
-                and (bool(s.gore) == bool(l["gore"]))
+        for i, lb in enumerate(labs):
+            ok = (s.object is None or s.object == lb["object"]) and (s.colour is None or s.colour == lb["colour"]) \
+                and (s.bg is None or s.bg == lb["bg"]) and ((s.style or "plain") == lb["style"]) \
+                and (bool(s.gore) == bool(lb["gore"]))
             M[i, j] = ok
     return M
 
@@ -260,19 +267,27 @@ def stage_clip(args, ck: Path, tokenizer):
     data = torch.load(ck / "data.pt")
     imgs, recs, packed = data["images"], data["recons"], data["labels"]
     nimg = imgs.shape[0]
-    net = nets.ClipNet(len(tokenizer))
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    net, base_lr = nets.ClipNet(len(tokenizer)), 1e-3
+    if (ck / "clip" / "model.safetensors").exists():  # continue a finished stage (--force): new cosine cycle
+        from safetensors.torch import load_file
+
+        net.load_state_dict(load_file(ck / "clip" / "model.safetensors"))
+        base_lr = 5e-4
+        g.manual_seed(args.seed + 103)  # fresh sample order for the continued cycle
+        rng.seed(args.seed + 103)
+        log("clip: continuing from the existing checkpoint")
+    opt = torch.optim.AdamW(net.parameters(), lr=base_lr, weight_decay=1e-4)
     timer = Timer(args.clip_minutes)
     step = 0
     bar = tqdm(desc="clip", unit="step")
     net.train()
     while not timer.done() and (args.max_steps is None or step < args.max_steps):
-        cosine_lr(opt, 1e-3, timer.frac())
+        cosine_lr(opt, base_lr, timer.frac())
         idx = torch.randint(0, nimg, (args.judge_batch,), generator=g)
         use_rec = torch.rand(args.judge_batch, generator=g) < 0.5
         x = augment(torch.where(use_rec[:, None, None, None], recs[idx], imgs[idx]).float() / 255, g)
         labs = [unpack_label(packed, int(i)) for i in idx]
-        caps, specs = zip(*(sample_caption(l, rng, return_spec=True) for l in labs))
+        caps, specs = zip(*(sample_caption(lb, rng, return_spec=True) for lb in labs), strict=False)
         tok = tokenizer(list(caps), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt")
         zi = net.encode_image(x)
@@ -325,14 +340,24 @@ def stage_unet(args, ck: Path, tokenizer):
                              {"params": te.parameters(), "lr_mult": 0.5}], lr=args.lr, weight_decay=1e-2)
     ema_u, ema_t = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(te).requires_grad_(False)
     state_path = ck / "unet_state.pt"
-    step, elapsed = 0, 0.0
+    step, elapsed, ema_start = 0, 0.0, 0
     if state_path.exists():
         st = torch.load(state_path, weights_only=False)
-        unet.load_state_dict(st["unet"]); te.load_state_dict(st["te"])
-        ema_u.load_state_dict(st["ema_unet"]); ema_t.load_state_dict(st["ema_te"])
-        opt.load_state_dict(st["opt"]); step, elapsed = st["step"], st["elapsed"]
-        g.set_state(st["g"]); rng.setstate(st["rng"])
+        unet.load_state_dict(st["unet"])
+        te.load_state_dict(st["te"])
+        ema_u.load_state_dict(st["ema_unet"])
+        ema_t.load_state_dict(st["ema_te"])
+        opt.load_state_dict(st["opt"])
+        step, elapsed = st["step"], st["elapsed"]
+        g.set_state(st["g"])
+        rng.setstate(st["rng"])
+        ema_start = st.get("ema_start", 0)
         log(f"unet: resumed at step {step} ({elapsed / 60:.1f} min)")
+        if args.reset_ema:
+            ema_u.load_state_dict(unet.state_dict())
+            ema_t.load_state_dict(te.state_dict())
+            ema_start = step
+            log("unet: EMA reset to the current weights")
     budget = args.minutes * 60
     t_start = time.time() - elapsed
     last_ck = time.time()
@@ -340,12 +365,14 @@ def stage_unet(args, ck: Path, tokenizer):
     def save_state():
         torch.save({"unet": unet.state_dict(), "te": te.state_dict(), "ema_unet": ema_u.state_dict(),
                     "ema_te": ema_t.state_dict(), "opt": opt.state_dict(), "step": step,
-                    "elapsed": time.time() - t_start, "g": g.get_state(), "rng": rng.getstate()},
+                    "elapsed": time.time() - t_start, "g": g.get_state(), "rng": rng.getstate(),
+                    "ema_start": ema_start},
                    str(state_path) + ".tmp")
         Path(str(state_path) + ".tmp").replace(state_path)
 
     bar = tqdm(desc="unet", unit="step", initial=step)
-    unet.train(); te.train()
+    unet.train()
+    te.train()
     loss_avg = None
     while time.time() - t_start < budget and (args.max_steps is None or step < args.max_steps):
         frac = (time.time() - t_start) / budget
@@ -372,10 +399,10 @@ def stage_unet(args, ck: Path, tokenizer):
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(te.parameters()), 1.0)
         opt.step()
         step += 1
-        d = min(args.ema, (1 + step) / (10 + step))
+        d = min(args.ema, (1 + step - ema_start) / (10 + step - ema_start))
         with torch.no_grad():
             for m, e in ((unet, ema_u), (te, ema_t)):
-                for p, pe in zip(m.parameters(), e.parameters()):
+                for p, pe in zip(m.parameters(), e.parameters(), strict=False):
                     pe.lerp_(p, 1 - d)
         loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
         bar.update(1)
@@ -399,7 +426,8 @@ def stage_export(args, ck: Path, tokenizer, out: Path):
     out.mkdir(parents=True, exist_ok=True)
     st = torch.load(ck / "unet_state.pt", weights_only=False)
     unet, te = nets.make_unet(), nets.make_text_encoder(len(tokenizer))
-    unet.load_state_dict(st["ema_unet"]); te.load_state_dict(st["ema_te"])
+    unet.load_state_dict(st["ema_unet"])
+    te.load_state_dict(st["ema_te"])
     pipe = StableDiffusionPipeline(vae=load_vae(ck), text_encoder=te.eval(), tokenizer=tokenizer, unet=unet.eval(),
                                    scheduler=nets.make_scheduler(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
@@ -418,7 +446,8 @@ def stage_export(args, ck: Path, tokenizer, out: Path):
     tokenizer.save_pretrained(out / "clip" / "tokenizer")
     (out / "clip" / "config.json").write_text(json.dumps({"vocab_size": len(tokenizer), "embed_dim": 128}, indent=1))
     info = {"unet_steps": st["step"], "unet_minutes": st["elapsed"] / 60}
-    (out / "train_info.json").write_text(json.dumps({**info, **json.loads((ck / "log.json").read_text())}, indent=1))
+    stages = {k: v for k, v in json.loads((ck / "log.json").read_text()).items() if k != "export"}
+    (out / "train_info.json").write_text(json.dumps({**info, **stages}, indent=1))
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     log(f"export: wrote {out} ({total / 1e6:.2f} MB)")
     return info
@@ -431,17 +460,18 @@ def main(argv=None):
     ap.add_argument("--ckpt", type=Path, default=Path.home() / ".cache" / "unlearn-arena" / "mini_ckpt",
                     help="checkpoints and intermediate data (kept out of the repository)")
     ap.add_argument("--stages", default=",".join(STAGES))
-    ap.add_argument("--minutes", type=float, default=80.0, help="UNet training budget (wall clock)")
-    ap.add_argument("--vae-minutes", type=float, default=6.0)
-    ap.add_argument("--det-minutes", type=float, default=3.0)
-    ap.add_argument("--clip-minutes", type=float, default=4.0)
-    ap.add_argument("--n-latents", type=int, default=48_000)
-    ap.add_argument("--n-judge", type=int, default=16_000, help="renders (+reconstructions) for detector/clip")
+    ap.add_argument("--minutes", type=float, default=85.0, help="UNet training budget (wall clock)")
+    ap.add_argument("--vae-minutes", type=float, default=14.0)
+    ap.add_argument("--det-minutes", type=float, default=11.0)
+    ap.add_argument("--clip-minutes", type=float, default=10.0)
+    ap.add_argument("--n-latents", type=int, default=32_000)
+    ap.add_argument("--n-judge", type=int, default=12_000, help="renders (+reconstructions) for detector/clip")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--vae-batch", type=int, default=16)
     ap.add_argument("--judge-batch", type=int, default=96)
     ap.add_argument("--lr", type=float, default=6e-4)
     ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--reset-ema", action="store_true", help="on resume, restart the EMA from the current weights")
     ap.add_argument("--cfg-dropout", type=float, default=0.1)
     ap.add_argument("--ckpt-every", type=float, default=4.0, help="minutes between UNet checkpoints")
     ap.add_argument("--max-steps", type=int, default=None, help="cap every stage's steps (smoke tests)")
@@ -477,8 +507,11 @@ def main(argv=None):
             r = stage_unet(args, ck, tokenizer)
         else:
             r = stage_export(args, ck, tokenizer, args.out)
+        logd = json.loads(logp.read_text()) if logp.exists() else {}  # another process may have written it
         logd[s] = r
         logp.write_text(json.dumps(logd, indent=1))
+        with open(ck / "history.jsonl", "a") as fh:  # every run of every stage (continued stages appear twice)
+            fh.write(json.dumps({"stage": s, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **r}) + "\n")
     log(f"total {(time.time() - t_all) / 60:.1f} min")
 
 
