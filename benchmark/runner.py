@@ -47,7 +47,7 @@ def expand(names: list[str], registry, keep_first: str = "none") -> list[str]:
 def resolve(config: RunConfig) -> tuple[RunConfig, Any]:
     """Load plugins, fill defaults from the model, expand ``all``; returns (resolved config, model spec)."""
     from benchmark.models import get_model_spec
-    from benchmark.models.base import resolve_device, resolve_dtype
+    from benchmark.models.base import DTYPES, resolve_device, resolve_dtype
 
     config = dataclasses.replace(config, sampler=dataclasses.replace(config.sampler))
     config.validate()
@@ -76,8 +76,7 @@ def resolve(config: RunConfig) -> tuple[RunConfig, Any]:
     sampler.width = sampler.width or defaults.width
     device = resolve_device(config.device)
     config.device = device.type if device.index is None else str(device)
-    config.dtype = {v: k for k, v in {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.items()}[
-        str(resolve_dtype(config.dtype, device)).removeprefix("torch.")]
+    config.dtype = {dtype: name for name, dtype in DTYPES.items()}[resolve_dtype(config.dtype, device)]
     return config, spec
 
 
@@ -182,13 +181,13 @@ def execute(config: RunConfig) -> RunSummary:
                 defended.close()
             task_cells += cells
 
-        generated = [(cell, attack_record) for cell, attack_record in task_cells if cell.generates]
+        generation = {cell.key: store.read_json("generate", cell.key) for cell, _ in task_cells if cell.generates}
         for judge in (concept_judge, utility_judge):
-            scores = judge_cells(judge, [(c.key, c.source_prompt) for c, _ in generated], store,
+            scores = judge_cells(judge, [(c.key, c.source_prompt) for c, _ in task_cells if c.generates], store,
                                  sampler.batch_size, counters["judge"])
             identity = judge.identity().as_dict()
             for cell, attack_record in task_cells:
-                gen = store.read_json("generate", cell.key) if cell.generates else None
+                gen = generation.get(cell.key)
                 score = scores.get((cell.key, cell.source_prompt)) if cell.generates else None
                 rows.append(_record(config, run_dir.name, model, cell, attack_record, gen, score, identity,
                                     judge.role))

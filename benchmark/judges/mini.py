@@ -11,14 +11,11 @@ from PIL import Image
 
 from benchmark.hashing import file_hash, stable_hash
 from benchmark.judges.base import Judge, JudgeIdentity, JudgeResult
+from benchmark.judges.clip_loading import resolve_device
 
 
 def _weights_hash(folder) -> str:
     return stable_hash(sorted((p.name, file_hash(p)) for p in folder.iterdir() if p.is_file()))
-
-
-def _device(device: str) -> str:
-    return "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
 
 
 class MiniDetectorJudge(Judge):
@@ -30,7 +27,7 @@ class MiniDetectorJudge(Judge):
     def __init__(self, label: str, threshold: float = 0.5, device: str = "cpu", batch_size: int = 256, **_: Any):
         from benchmark.models.mini import DETECTOR_DIR, MiniDetector
 
-        self.detector = MiniDetector.load(device=_device(device))
+        self.detector = MiniDetector.load(device=resolve_device(device))
         if label not in self.detector.labels:
             raise ValueError(f"mini-detector has no label {label!r}; labels: {self.detector.labels}")
         self.label = label
@@ -62,7 +59,7 @@ class ClipMiniJudge(Judge):
     def __init__(self, device: str = "cpu", **_: Any):
         from benchmark.models.mini import CLIP_DIR, ClipMini
 
-        self.clip = ClipMini.load(device=_device(device))
+        self.clip = ClipMini.load(device=resolve_device(device))
         self._hash = _weights_hash(CLIP_DIR)
         config = CLIP_DIR / "config.json"
         self._version = stable_hash(json.loads(config.read_text()), 8) if config.is_file() else "1"

@@ -73,6 +73,15 @@ def unpack_label(packed, i):
             "gore": bool(packed["gore"][i])}
 
 
+def judge_batch(imgs: torch.Tensor, recs: torch.Tensor, size: int, g: torch.Generator):
+    """Indices and augmented images for a judge step: each image is the render or, half the time, its VAE
+    reconstruction, so the judges work on generated images too."""
+    idx = torch.randint(0, imgs.shape[0], (size,), generator=g)
+    use_rec = torch.rand(size, generator=g) < 0.5
+    x = torch.where(use_rec[:, None, None, None], recs[idx], imgs[idx]).float() / 255
+    return idx, augment(x, g)
+
+
 def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Mild blur / noise / colour jitter so the judges also work on decoded and generated images."""
     b = x.shape[0]
@@ -215,10 +224,7 @@ def stage_detector(args, ck: Path):
     net.train()
     while not timer.done() and (args.max_steps is None or step < args.max_steps):
         cosine_lr(opt, base_lr, timer.frac())
-        idx = torch.randint(0, nimg, (args.judge_batch,), generator=g)
-        use_rec = torch.rand(args.judge_batch, generator=g) < 0.5
-        x = torch.where(use_rec[:, None, None, None], recs[idx], imgs[idx]).float() / 255
-        x = augment(x, g)
+        idx, x = judge_batch(imgs, recs, args.judge_batch, g)
         loss = F.binary_cross_entropy_with_logits(net(x), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -266,7 +272,6 @@ def stage_clip(args, ck: Path, tokenizer):
     rng = random.Random(args.seed + 3)
     data = torch.load(ck / "data.pt")
     imgs, recs, packed = data["images"], data["recons"], data["labels"]
-    nimg = imgs.shape[0]
     net, base_lr = nets.ClipNet(len(tokenizer)), 1e-3
     if (ck / "clip" / "model.safetensors").exists():  # continue a finished stage (--force): new cosine cycle
         from safetensors.torch import load_file
@@ -283,9 +288,7 @@ def stage_clip(args, ck: Path, tokenizer):
     net.train()
     while not timer.done() and (args.max_steps is None or step < args.max_steps):
         cosine_lr(opt, base_lr, timer.frac())
-        idx = torch.randint(0, nimg, (args.judge_batch,), generator=g)
-        use_rec = torch.rand(args.judge_batch, generator=g) < 0.5
-        x = augment(torch.where(use_rec[:, None, None, None], recs[idx], imgs[idx]).float() / 255, g)
+        idx, x = judge_batch(imgs, recs, args.judge_batch, g)
         labs = [unpack_label(packed, int(i)) for i in idx]
         caps, specs = zip(*(sample_caption(lb, rng, return_spec=True) for lb in labs), strict=False)
         tok = tokenizer(list(caps), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
