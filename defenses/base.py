@@ -98,6 +98,41 @@ class DefendedPipeline:
         )
         return list(output.images)
 
+    # ------------------------------------------------------------------ differentiable path (white-box attacks)
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Conditional prompt embeddings ``(batch, seq, dim)`` exactly as the pipeline computes them
+        (no gradient; attacks that optimise tokens build their own differentiable embeddings)."""
+        with torch.no_grad():
+            cond, _ = self.pipe.encode_prompt(prompts, self.pipe.device, 1, False)
+        return cond
+
+    def unconditional_embeds(self, batch_size: int) -> torch.Tensor:
+        """The embeddings of the unconditional half of classifier-free guidance (the empty prompt;
+        negative-prompt defenses override this)."""
+        if getattr(self, "_uncond_cache", None) is None or self._uncond_cache.shape[0] != 1:
+            self._uncond_cache = self.encode_prompts([""])
+        return self._uncond_cache.expand(batch_size, -1, -1)
+
+    def conditioning(self, cond_embeds: torch.Tensor, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """The conditional embedding the UNet sees at this step (identity by default; SafeRedir redirects it).
+        Must be differentiable w.r.t. ``cond_embeds`` when the defense declares ``differentiable``."""
+        return cond_embeds
+
+    def noise_prediction(self, latents: torch.Tensor, timestep: torch.Tensor | int, cond_embeds: torch.Tensor,
+                         *, guidance_scale: float) -> torch.Tensor:
+        """The defended model's (guided) noise prediction at one denoising step, differentiable w.r.t.
+        ``cond_embeds``. It is what :meth:`generate` uses at that step (tested per defense), so a white-box
+        attack that minimises a loss on it attacks the defended sampler, not the bare UNet.
+        ``guidance_scale`` 1 gives the conditional prediction alone."""
+        unet = self.pipe.unet
+        cond = self.conditioning(cond_embeds, latents, timestep)
+        if guidance_scale == 1.0:
+            return unet(latents, timestep, encoder_hidden_states=cond).sample
+        uncond = self.unconditional_embeds(latents.shape[0]).to(cond.dtype)
+        both = unet(torch.cat([latents, latents]), timestep, encoder_hidden_states=torch.cat([uncond, cond])).sample
+        eps_uncond, eps_cond = both.chunk(2)
+        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
     def close(self) -> None:
         """Undo whatever :meth:`Defense.apply` changed on the shared base pipeline."""
 

@@ -25,6 +25,11 @@ class NegativePromptPipeline(DefendedPipeline):
     def call_kwargs(self, batch_size: int) -> dict[str, Any]:
         return {"negative_prompt": [self.text] * batch_size}
 
+    def unconditional_embeds(self, batch_size: int):
+        if getattr(self, "_negative_cache", None) is None:
+            self._negative_cache = self.encode_prompts([self.text])
+        return self._negative_cache.expand(batch_size, -1, -1)
+
 
 @DEFENSES.register("negative-prompt")
 class NegativePrompt(Defense):
