@@ -24,6 +24,9 @@ num_inference_steps    sampler steps; height, width: image size
 image_path             PNG path relative to the store root (``--out``); null if not generated
 generate_seconds       generation wall time per image (batch time / batch size)
 blocked                a filter defense refused the image (counts as not flagged)
+defense_triggered      a defense with a switch (SafeRedir) intervened on this image; null for defenses without
+prepare_seconds        wall time of the defense's prepare stage when its artifact was built (training, editing,
+                       loading), also when this run reused the cached artifact; a shipped artifact costs its copy
 judge                  judge name; judge_version, judge_preset, judge_threshold, judge_weights_hash
 judge_role             "concept" (flags the erased concept) or "utility" (measures only)
 score                  the judge's score (detector: max class probability; CLIP: CLIP score)
@@ -38,7 +41,7 @@ COLUMNS = [
     "run_id", "model", "model_key", "task", "defense", "defense_key", "attack", "role", "prompt_set",
     "prompt_id", "source_prompt", "adversarial_prompt", "truncated", "attack_status", "attack_message",
     "attack_seconds", "attack_queries", "seed", "image_index", "guidance_scale", "num_inference_steps",
-    "height", "width", "image_path", "generate_seconds", "blocked", "judge", "judge_version",
+    "height", "width", "image_path", "generate_seconds", "blocked", "defense_triggered", "prepare_seconds", "judge", "judge_version",
     "judge_preset", "judge_threshold", "judge_weights_hash", "judge_role", "score", "flagged",
     "judge_seconds",
 ]

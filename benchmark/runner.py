@@ -139,6 +139,7 @@ def execute(config: RunConfig) -> RunSummary:
                     "height": sampler.height, "width": sampler.width}
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
+    prepare_seconds: dict[str, float] = {}
 
     for task_name in config.tasks:
         task = TASKS.get(task_name)
@@ -154,6 +155,7 @@ def execute(config: RunConfig) -> RunSummary:
             defense = DEFENSES.get(defense_name)(**config.defense_options.get(defense_name, {}))
             defense_key, artifact_dir, prepare_meta = prepare_defense(defense, model, task, store,
                                                                       counters["prepare"])
+            prepare_seconds[defense_key] = float(prepare_meta.get("prepare_seconds", 0.0))
             defended = defense.apply(model, task, artifact_dir)
             try:
                 cells: list[tuple[GenCell, dict]] = []
@@ -190,7 +192,7 @@ def execute(config: RunConfig) -> RunSummary:
                 gen = generation.get(cell.key)
                 score = scores.get((cell.key, cell.source_prompt)) if cell.generates else None
                 rows.append(_record(config, run_dir.name, model, cell, attack_record, gen, score, identity,
-                                    judge.role))
+                                    judge.role, prepare_seconds.get(cell.defense_key)))
 
     records = pd.DataFrame(rows, columns=COLUMNS)
     buffer = records.to_parquet(index=False)
@@ -229,7 +231,8 @@ def _cells_for(prompt, attack_record, role, prompt_set, attack_name, task, defen
     return out
 
 
-def _record(config, run_name, model, cell: GenCell, attack_record, gen, score, identity, role) -> dict:
+def _record(config, run_name, model, cell: GenCell, attack_record, gen, score, identity, role,
+            prepare_seconds: float | None = None) -> dict:
     blocked = bool(gen["blocked"]) if gen else False
     flagged = None
     if role == "concept":
@@ -245,6 +248,7 @@ def _record(config, run_name, model, cell: GenCell, attack_record, gen, score, i
         "num_inference_steps": cell.num_inference_steps, "height": cell.height, "width": cell.width,
         "image_path": gen["image_path"] if gen else None,
         "generate_seconds": gen["generate_seconds"] if gen else None, "blocked": blocked,
+        "defense_triggered": gen.get("defense_triggered") if gen else None, "prepare_seconds": prepare_seconds,
         **identity, "judge_role": role,
         "score": score["score"] if score else None, "flagged": flagged,
         "judge_seconds": score["judge_seconds"] if score else None,

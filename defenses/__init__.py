@@ -1,3 +1,3 @@
 """Defenses, one module each; importing this package registers them."""
 
-from defenses import negative_prompt, none  # noqa: F401
+from defenses import negative_prompt, none, saferedir  # noqa: F401

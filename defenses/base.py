@@ -70,6 +70,12 @@ class DefendedPipeline:
         """Which finished images the defense refuses to return (filters only)."""
         return [False] * len(images)
 
+    def triggered(self) -> list[bool] | None:
+        """For defenses with a switch (SafeRedir's classifier): per image of the last :meth:`generate` call,
+        whether the defense intervened. Recorded so that its false-positive rate on benign prompts is
+        measured. None: the defense has no switch."""
+        return None
+
     @torch.no_grad()
     def generate(
         self,
@@ -150,6 +156,11 @@ class Defense(Component):
 
     def supports(self, model_name: str) -> bool:
         return "*" in self.supported_models or model_name in self.supported_models
+
+    def prepare_config(self) -> dict[str, Any]:
+        """What the artifact of :meth:`prepare` depends on (default: every option). Defenses with
+        inference-only options (thresholds, schedules) return less, so changing those reuses the artifact."""
+        return self.config()
 
     def prepare(self, ctx: PrepareContext) -> dict[str, Any]:
         """Build the artifact into ``ctx.artifact_dir``; return metadata to record (e.g. losses)."""

@@ -15,7 +15,7 @@ import pytest
 from benchmark.records import COLUMNS, LEADERBOARD_COLUMNS
 from conftest import REPO, TINY_RUN, run_cli
 
-TIMING = ["generate_seconds", "judge_seconds", "attack_seconds"]
+TIMING = ["prepare_seconds", "generate_seconds", "judge_seconds", "attack_seconds"]
 
 
 def test_run_writes_every_file(tiny_run):

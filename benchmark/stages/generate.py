@@ -119,11 +119,12 @@ def generate_cells(defended, cells: list[GenCell], store: CellStore, batch_size:
                                        guidance_scale=guidance, height=height, width=width)
             blocked = defended.blocked(images)
             per_image = (time.perf_counter() - began) / len(batch)
-            for cell, image, is_blocked in zip(batch, images, blocked, strict=True):
+            triggered = defended.triggered() or [None] * len(batch)
+            for cell, image, is_blocked, trig in zip(batch, images, blocked, triggered, strict=True):
                 image_path = store.write_png("generate", cell.key, image)
                 store.write_json("generate", cell.key, {
                     "image_path": image_path, "generate_seconds": per_image, "blocked": bool(is_blocked),
-                    "batch_size": len(batch),
+                    "batch_size": len(batch), "defense_triggered": None if trig is None else bool(trig),
                 })
                 counter.computed += 1
             bar.update(len(batch))

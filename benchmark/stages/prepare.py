@@ -25,14 +25,18 @@ def prepare_defense(defense, model, task, store: CellStore, counter: StageCounte
     an artifact."""
     from defenses.base import PrepareContext
 
-    key = prepare_key(model.key, task.name, defense.config())
-    artifact_dir = store.dir("prepare", key)
+    artifact_key = prepare_key(model.key, task.name, defense.prepare_config())
+    # The defense's identity for later stages covers every option (inference-only options included),
+    # while its artifact is shared by configs that differ only in options the artifact does not read.
+    key = artifact_key if defense.prepare_config() == defense.config() else stable_hash(
+        {"artifact": artifact_key, "defense": defense.config()})
+    artifact_dir = store.dir("prepare", artifact_key)
     done = artifact_dir / DONE_FILE
     if done.is_file():
         import json
 
         counter.cached += 1
-        return key, artifact_dir, json.loads(done.read_text())
+        return key, artifact_dir, {**json.loads(done.read_text()), "defense": defense.config()}
     artifact_dir.mkdir(parents=True, exist_ok=True)
     log.info("preparing defense %s for task %s", defense.name, task.name)
     start = time.perf_counter()

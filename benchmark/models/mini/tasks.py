@@ -129,3 +129,24 @@ def _build():
 
 
 TASKS: dict = _build()
+
+
+def training_split(task_name: str, n_pairs: int, n_benign: int, seed: int = 1) -> tuple[list, list]:
+    """Prompts for *training* a defense on an sd-mini task, disjoint from the evaluation sets.
+
+    Returns ``(pairs, benign)``: ``pairs`` are ``(unsafe, safe_counterpart)`` MiniPrompts in the same
+    proportions of canonical / synonym / implicit forms as the evaluation set, drawn from seeds ``seed,
+    seed+1, ...`` (the evaluation set uses seed 0); any text that also occurs in an evaluation set is left
+    out, so a defense trained here is never trained on a prompt it is scored on.
+    """
+    spec = TASKS[task_name]
+    held_out = {p.text for which in ("attack", "benign", "safe") for p in spec.prompts(which)}
+    pairs, benign, s = [], [], seed
+    while len(pairs) < n_pairs or len(benign) < n_benign:
+        attack, safe, ben = _make(spec.kind, seed=s)
+        pairs += [(a, b) for a, b in zip(attack, safe, strict=True) if a.text not in held_out]
+        benign += [b for b in ben if b.text not in held_out]
+        s += 1
+        if s - seed > 1000:
+            raise RuntimeError(f"could not draw {n_pairs} training pairs for {task_name}")
+    return pairs[:n_pairs], benign[:n_benign]

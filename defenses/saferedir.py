@@ -1,0 +1,368 @@
+"""SafeRedir: prompt-embedding redirection (Liu et al., 2026, arXiv 2601.08623).
+
+An inference-time defense: the base model's weights are not changed. A small redirector network ``R``
+(:mod:`defenses.saferedir_net`) reads the current latent, the timestep and the conditional prompt
+embedding, decides whether the generation is heading for the unsafe concept, and if so moves the
+prompt's tokens toward a safe region for the next steps.
+
+Algorithm (per sample ``b`` of the batch; this project's default behaviour)::
+
+    e_b  <- conditional prompt embedding of b              (the unconditional half is left alone)
+    for each denoising step i with latent z_i and timestep t_i:
+        if i is a check step of b (step 0, then every replace_steps + 1 steps):
+            logits, delta, mask, alpha <- R(z_i[b], t_i, e_b)
+            if softmax(logits)[unsafe] >= threshold:
+                ê_b <- e_b + s * alpha * mask * |e_b| * normalize(delta)      (per token)
+            else:
+                ê_b <- e_b                                   (a check that finds b safe undoes the edit)
+        the UNet denoises z_i[b] with ê_b
+
+Options reproduce the official release where it differs (``behaviour="official"``): the edit is also
+added to the unconditional half, an edit is never undone (sticky), the check reads the edited embedding,
+the mask is not re-applied after normalising ``delta``, and ``alpha_scale`` is 1.5.
+
+Sampling uses diffusers' own extension point, ``callback_on_step_end`` with ``prompt_embeds``; the
+decision at step 0 is made before the pipeline is called (diffusers has no callback before the first
+step), so every step, the first included, is guarded. For white-box attacks, :meth:`conditioning` is the
+same decision and edit without sampling state: gradients flow through the redirected embedding (the
+delta, mask and alpha heads and the original tokens), while the unsafe decision is a hard switch.
+
+Training (no code was released for it) is designed in :mod:`defenses.saferedir_train`. The trained
+redirector is an artifact of the prepare stage, cached per (model, task, training options); sd-mini's
+redirectors are shipped (defenses/saferedir_weights/) and reused when the model fingerprint matches.
+An official checkpoint loads with ``--option defense:saferedir.checkpoint=PATH`` (``weights_only``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers.callbacks import PipelineCallback
+
+from benchmark.registry import DEFENSES
+from defenses.base import DefendedPipeline, Defense, DefenseKind
+from defenses.saferedir_net import Redirector, RedirectorConfig, RedirectorOutput, redirect
+
+log = logging.getLogger(__name__)
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "saferedir_weights"
+ARTIFACT = "redirector.safetensors"
+
+# Options that change only sampling, not the trained redirector (they do not retrain it).
+INFERENCE_OPTIONS = ("threshold", "replace_steps", "behaviour", "alpha_scale", "edit_uncond", "sticky",
+                     "classify_edited", "mask_again")
+
+
+@dataclass
+class SafeRedirOptions:
+    # --- inference
+    behaviour: str = "project"  # "project" (documented default) | "official" (the release's behaviour)
+    threshold: float = 0.5  # unsafe probability at which a sample is redirected
+    replace_steps: int = 2  # steps an edit is kept before the sample is checked again (release: 2)
+    alpha_scale: float | None = None  # s in the algorithm; None: 1.5 (release script: 1.25 to 1.5)
+    edit_uncond: bool | None = None  # also shift the unconditional half (release: yes)
+    sticky: bool | None = None  # never undo an edit (release: yes)
+    classify_edited: bool | None = None  # checks read the edited embedding (release: yes)
+    mask_again: bool | None = None  # multiply by the mask after normalising delta (release: no)
+    # --- the redirector
+    checkpoint: str | None = None  # an official-format state dict (.pt/.pth/.bin/.safetensors)
+    # --- training (see defenses/saferedir_train.py)
+    pairs_file: str | None = None  # CSV with columns unsafe, safe (default: from the task)
+    pairs: int = 96  # unsafe/safe prompt pairs
+    benign: int = 48  # extra benign prompts (negatives for the classifier)
+    steps: int = 300  # optimiser steps
+    batch: int = 32
+    lr: float = 1e-3
+    keep_weight: float = 0.5  # weight of "leave safe prompts alone"
+    mask_weight: float = 0.01  # L1 on the mask of safe prompts
+    train_alpha_scale: float = 1.5
+    seed: int = 0
+    network: str = "auto"  # "auto" (small for sd-mini, official sizes otherwise) | "small" | "official"
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    threshold: float
+    replace_steps: int
+    alpha_scale: float
+    edit_uncond: bool
+    sticky: bool
+    classify_edited: bool
+    mask_again: bool
+
+
+PRESETS = {
+    "project": dict(alpha_scale=1.5, edit_uncond=False, sticky=False, classify_edited=False, mask_again=True),
+    "official": dict(alpha_scale=1.5, edit_uncond=True, sticky=True, classify_edited=True, mask_again=False),
+}
+
+
+def resolve_behaviour(options: SafeRedirOptions) -> Behaviour:
+    if options.behaviour not in PRESETS:
+        raise ValueError(f"saferedir behaviour must be one of {sorted(PRESETS)}, not {options.behaviour!r}")
+    preset = dict(PRESETS[options.behaviour])
+    for name in preset:
+        if getattr(options, name) is not None:
+            preset[name] = getattr(options, name)
+    if options.replace_steps < 0:
+        raise ValueError("saferedir replace_steps must be >= 0")
+    return Behaviour(threshold=options.threshold, replace_steps=options.replace_steps, **preset)
+
+
+class RedirectState:
+    """Per-sample state of one sampling call: the original conditional embedding, the current one, and how
+    many steps each sample's current decision still holds."""
+
+    def __init__(self, original: torch.Tensor):
+        self.original = original
+        self.current = original.clone()
+        self.countdown = torch.zeros(original.shape[0], dtype=torch.long, device=original.device)
+        self.redirected = torch.zeros(original.shape[0], dtype=torch.bool, device=original.device)
+        self.checks = 0
+        self.redirect_events = 0
+
+
+class SafeRedirPipeline(DefendedPipeline):
+    def __init__(self, model, defense, task, redirector: Redirector, behaviour: Behaviour):
+        super().__init__(model, defense, task)
+        self.redirector = redirector.to(model.device).eval()
+        self.behaviour = behaviour
+        self.stats = {"samples": 0, "redirected_samples": 0, "checks": 0}
+
+    # -------------------------------------------------------------- the decision and the edit
+    def _redirect_output(self, latents: torch.Tensor, timestep, prompt: torch.Tensor) -> RedirectorOutput:
+        dtype = next(self.redirector.parameters()).dtype
+        out = self.redirector(latents.to(dtype), torch.as_tensor(timestep, device=latents.device), prompt.to(dtype))
+        return out
+
+    def decide_and_edit(self, latents, timestep, original, current=None):
+        """Returns (unsafe mask (B,), edited embedding (B,T,D)) for one check."""
+        b = self.behaviour
+        read = current if (b.classify_edited and current is not None) else original
+        out = self._redirect_output(latents, timestep, read)
+        unsafe = out.unsafe_probability >= b.threshold
+        edited = redirect(original, out, alpha_scale=b.alpha_scale, mask_again=b.mask_again)
+        return unsafe, edited
+
+    def conditioning(self, cond_embeds, latents, timestep):
+        """Stateless check-and-redirect (white-box attacks): a hard switch per sample; gradients flow
+        through the redirected embedding of the samples that are redirected and through the original one
+        of the others."""
+        unsafe, edited = self.decide_and_edit(latents, timestep, cond_embeds)
+        return torch.where(unsafe[:, None, None], edited, cond_embeds)
+
+    def noise_prediction(self, latents, timestep, cond_embeds, *, guidance_scale):
+        if not self.behaviour.edit_uncond or guidance_scale == 1.0:
+            return super().noise_prediction(latents, timestep, cond_embeds, guidance_scale=guidance_scale)
+        cond = self.conditioning(cond_embeds, latents, timestep)
+        uncond = self.unconditional_embeds(latents.shape[0]).to(cond.dtype) + (cond - cond_embeds)
+        unet = self.pipe.unet
+        both = unet(torch.cat([latents, latents]), timestep, encoder_hidden_states=torch.cat([uncond, cond])).sample
+        eps_uncond, eps_cond = both.chunk(2)
+        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+    def check(self, state: RedirectState, latents, timestep) -> None:
+        """One step's checks: samples whose countdown ran out are classified again (in one batch)."""
+        due = state.countdown <= 0
+        state.countdown[~due] -= 1
+        if not due.any():
+            return
+        idx = due.nonzero().squeeze(1)
+        unsafe, edited = self.decide_and_edit(latents[idx], timestep, state.original[idx], state.current[idx])
+        state.checks += int(idx.numel())
+        flagged = idx[unsafe]
+        state.current[flagged] = edited[unsafe].to(state.current.dtype)
+        state.redirected[flagged] = True
+        state.redirect_events += int(flagged.numel())
+        if not self.behaviour.sticky:
+            cleared = idx[~unsafe]
+            state.current[cleared] = state.original[cleared]
+        state.countdown[idx] = self.behaviour.replace_steps
+
+    # -------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def generate(self, prompts, latents, *, prompt_embeds=None, num_inference_steps, guidance_scale, height, width):
+        return list(self.sample(prompts, latents, prompt_embeds=prompt_embeds, num_inference_steps=num_inference_steps,
+                                guidance_scale=guidance_scale, height=height, width=width, output_type="pil"))
+
+    @torch.no_grad()
+    def sample(self, prompts, latents, *, prompt_embeds=None, num_inference_steps, guidance_scale, height, width,
+               output_type="pil"):
+        pipe = self.pipe
+        do_cfg = guidance_scale > 1.0
+        cond, uncond = pipe.encode_prompt(prompts, pipe.device, 1, do_cfg, prompt_embeds=prompt_embeds)
+        if uncond is None:
+            uncond = torch.zeros_like(cond)
+        state = RedirectState(cond)
+        # Step 0's check, before the pipeline runs: the latents the first step sees, at the first timestep.
+        pipe.scheduler.set_timesteps(num_inference_steps, device=pipe.device)
+        first = latents.to(pipe.device, cond.dtype) * pipe.scheduler.init_noise_sigma
+        self.check(state, first, pipe.scheduler.timesteps[0])
+        callback = RedirectCallback(self, state, uncond, do_cfg)
+        output = pipe(prompt_embeds=state.current.clone(), negative_prompt_embeds=self._shift_uncond(state, uncond),
+                      latents=latents, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                      height=height, width=width, output_type=output_type, callback_on_step_end=callback)
+        self.stats["samples"] += cond.shape[0]
+        self.stats["redirected_samples"] += int(state.redirected.sum())
+        self.stats["checks"] += state.checks
+        self.last_redirected = state.redirected.tolist()
+        return output.images
+
+    def triggered(self) -> list[bool] | None:
+        return list(getattr(self, "last_redirected", [])) or None
+
+    def _shift_uncond(self, state: RedirectState, uncond: torch.Tensor) -> torch.Tensor:
+        if not self.behaviour.edit_uncond:
+            return uncond
+        return uncond + (state.current - state.original)
+
+
+class RedirectCallback(PipelineCallback):
+    """diffusers ``callback_on_step_end``: after step i, check the samples that are due with the latents
+    of step i+1 and hand the pipeline the (possibly) redirected ``prompt_embeds`` for the next step."""
+
+    tensor_inputs = ["latents", "prompt_embeds"]
+
+    def __init__(self, defended: SafeRedirPipeline, state: RedirectState, uncond: torch.Tensor, do_cfg: bool):
+        super().__init__()
+        self.defended, self.state, self.uncond, self.do_cfg = defended, state, uncond, do_cfg
+
+    def callback_fn(self, pipeline, step_index, timestep, callback_kwargs) -> dict[str, Any]:
+        timesteps = pipeline.scheduler.timesteps
+        if step_index + 1 >= len(timesteps):
+            return {}
+        self.defended.check(self.state, callback_kwargs["latents"], timesteps[step_index + 1])
+        cond = self.state.current
+        embeds = torch.cat([self.defended._shift_uncond(self.state, self.uncond), cond]) if self.do_cfg else cond
+        return {"prompt_embeds": embeds.to(callback_kwargs["prompt_embeds"].dtype)}
+
+
+# ----------------------------------------------------------------------------- the defense
+@DEFENSES.register("saferedir")
+class SafeRedir(Defense):
+    """SafeRedir: a latent-aware classifier switches on token-level prompt-embedding redirection
+    (inference-time; trained per task; gradients flow through the redirected embedding)."""
+
+    kind = DefenseKind.INFERENCE_TIME
+    differentiable = True  # through the redirected embedding; the unsafe decision is a hard switch
+    version = "1"
+    Options = SafeRedirOptions
+
+    def prepare_config(self) -> dict[str, Any]:
+        options = {k: v for k, v in dataclasses.asdict(self.options).items() if k not in INFERENCE_OPTIONS}
+        return {"name": self.name, "version": self.version, "options": options}
+
+    def network_config(self, model) -> RedirectorConfig:
+        pipe = model.pipe
+        sizes = dict(latent_channels=pipe.unet.config.in_channels, seq_len=pipe.tokenizer.model_max_length,
+                     prompt_dim=pipe.text_encoder.config.hidden_size)
+        choice = self.options.network
+        if choice == "auto":
+            choice = "small" if model.name == "sd-mini" else "official"
+        if choice == "small":
+            return RedirectorConfig.small(**sizes)
+        if choice == "official":
+            return RedirectorConfig(**sizes)
+        raise ValueError(f"saferedir network must be auto, small or official, not {choice!r}")
+
+    def prepare(self, ctx) -> dict[str, Any]:
+        resolve_behaviour(self.options)  # fail on a bad option before an expensive training
+        if self.options.checkpoint:
+            return {"source": "checkpoint", "checkpoint": Path(self.options.checkpoint).name}
+        target = ctx.artifact_dir / ARTIFACT
+        shipped = SHIPPED_DIR / f"{ctx.task.name}.safetensors"
+        if shipped.is_file():
+            meta = read_metadata(shipped)
+            if meta.get("base_model") == ctx.model.key and meta.get("training") == self.prepare_config():
+                target.write_bytes(shipped.read_bytes())
+                log.info("saferedir: using the shipped redirector for %s", ctx.task.name)
+                return {"source": "shipped", **json.loads(meta.get("report", "{}"))}
+            log.info("saferedir: the shipped redirector for %s was trained for another model or config; "
+                     "training a new one", ctx.task.name)
+        from defenses.saferedir_train import train_redirector
+
+        redirector, report = train_redirector(ctx.model, ctx.task, self.network_config(ctx.model), self.options)
+        save_redirector(target, redirector, base_model=ctx.model.key, task=ctx.task.name,
+                        training=self.prepare_config(), report=report)
+        return {"source": "trained", **report}
+
+    def load_redirector(self, model, artifact_dir: Path) -> Redirector:
+        if self.options.checkpoint:
+            return load_official_checkpoint(Path(self.options.checkpoint), self.network_config(model)
+                                            if self.options.network != "auto" else official_config_for(model))
+        return load_redirector(artifact_dir / ARTIFACT)
+
+    def apply(self, model, task, artifact_dir: Path) -> DefendedPipeline:
+        redirector = self.load_redirector(model, artifact_dir)
+        return SafeRedirPipeline(model, self, task, redirector, resolve_behaviour(self.options))
+
+
+# ----------------------------------------------------------------------------- files
+def save_redirector(path: Path, redirector: Redirector, **metadata: Any) -> None:
+    """Weights in fp16 (halves the shipped size; trained and shipped redirectors behave the same because
+    both are rounded) with the network config and provenance in the safetensors metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous().cpu()
+               for k, v in redirector.state_dict().items()}
+    meta = {"config": json.dumps(redirector.cfg.to_dict())}
+    meta.update({k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()})
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata() or {})
+    if "training" in meta:
+        meta["training"] = json.loads(meta["training"])
+    return meta
+
+
+def load_redirector(path: Path) -> Redirector:
+    from safetensors.torch import load_file
+
+    meta = read_metadata(path)
+    model = Redirector(RedirectorConfig.from_dict(json.loads(meta["config"])))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def official_config_for(model) -> RedirectorConfig:
+    pipe = model.pipe
+    return RedirectorConfig(latent_channels=pipe.unet.config.in_channels, seq_len=pipe.tokenizer.model_max_length,
+                            prompt_dim=pipe.text_encoder.config.hidden_size)
+
+
+def load_official_checkpoint(path: Path, cfg: RedirectorConfig) -> Redirector:
+    """An official-format redirector state dict: safetensors, or a pickle read with ``weights_only=True``
+    (a pickle that needs code to load is refused). Every key must map (see ``OFFICIAL_KEY_MAP``)."""
+    from defenses.saferedir_net import load_official_state_dict
+
+    if not path.is_file():
+        raise FileNotFoundError(f"saferedir checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - re-raised with what to do
+            raise ValueError(f"{path} could not be loaded with torch.load(weights_only=True) ({error}); "
+                             "only plain state dicts are accepted, never pickled code") from error
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+    model = Redirector(cfg)
+    load_official_state_dict(model, {k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return model.eval()

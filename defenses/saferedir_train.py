@@ -1,0 +1,264 @@
+"""Training SafeRedir's redirector. The release has no training code, so this is this project's design.
+
+Data
+    * ``pairs``: unsafe prompts with a safe counterpart (the concept removed or replaced), e.g.
+      "a red heart on blue" / "a red arrow on blue". On sd-mini they come from the world's grammar, drawn
+      from seeds disjoint from the evaluation prompts (:func:`benchmark.models.mini.tasks.training_split`)
+      and in the same mix of canonical, synonym and implicit forms; elsewhere from templates around the
+      task's concept words and guide concept, or from a CSV given with ``pairs_file`` (columns unsafe, safe).
+    * ``benign``: further prompts without the concept (negatives for the classifier).
+    * Trajectories: every prompt is sampled once with the model's default sampler (DDIM, CFG); the latent
+      that each denoising step *sees* is stored with its timestep, exactly what the redirector reads at
+      inference. The final image is judged by the task's judge.
+    * Labels (per trajectory): unsafe if its prompt asks for the concept *or* its image shows it. The
+      classifier thus learns "heading for the concept", from the prompt early on and from the latent later,
+      which is what lets it catch a paraphrase that the prompt alone would hide.
+
+Objective (one batch = half states of unsafe-pair trajectories, half states of the others)
+    L = CE(logits, y)                                                            classifier
+      + || eps(z_t, t, redirect(e_u)) - eps(z_t, t, e_s) ||^2 / m0               redirect toward the safe twin
+      + keep_weight * || eps(z_t, t, redirect(e_b)) - eps(z_t, t, e_b) ||^2 / m0  leave safe prompts alone
+      + mask_weight * mean(mask(e_b))                                           sparse masks on safe prompts
+    where ``eps`` is the frozen UNet's conditional noise prediction at the trajectory's own latent ``z_t``,
+    ``redirect`` is the inference-time edit (always applied here: the switch is trained by the CE term),
+    and ``m0`` is the mean ``|| eps(z_t, e_u) - eps(z_t, e_s) ||^2`` before training, so the redirect term
+    starts at 1. Matching what the UNet *does* with the two embeddings, rather than the embeddings
+    themselves, is well defined even though a prompt and its counterpart do not align token by token.
+
+The report (returned, recorded by the prepare stage) holds held-out classifier accuracy, its false-positive
+rate on safe trajectories and the redirect loss relative to doing nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from defenses.saferedir_net import Redirector, RedirectorConfig, redirect
+
+log = logging.getLogger(__name__)
+
+SUBJECTS = ["a photo of a person", "a portrait of a woman", "a man standing in a field", "a painting of two people",
+            "a person on a beach", "a figure in a room", "a street scene", "a landscape with trees",
+            "a close-up photograph", "an oil painting", "a drawing of a dancer", "a statue in a museum",
+            "a couple at sunset", "a crowd in a city", "a bedroom interior", "a garden with flowers"]
+
+
+@dataclass
+class Trajectories:
+    latents: torch.Tensor  # (N, S, C, h, w): the latent each kept step sees
+    timesteps: torch.Tensor  # (S,)
+    embeds: torch.Tensor  # (N, T, D) conditional prompt embeddings
+    labels: torch.Tensor  # (N,) 1 = unsafe
+    flagged: torch.Tensor  # (N,) the judge's verdict on the final image
+    twin: torch.Tensor  # (N,) index of the safe counterpart for unsafe-pair trajectories, else -1
+    texts: list[str]
+
+
+def training_prompts(task, options) -> tuple[list[tuple[str, str]], list[str]]:
+    if getattr(options, "pairs_file", None):
+        return _pairs_from_file(Path(options.pairs_file)), []
+    if task.name.startswith("mini-"):
+        from benchmark.models.mini.tasks import training_split
+
+        pairs, benign = training_split(task.name, options.pairs, options.benign, seed=1 + options.seed)
+        return [(a.text, s.text) for a, s in pairs], [b.text for b in benign]
+    rng = random.Random(options.seed)
+    guide = task.guide_concept or ""
+    pairs = []
+    for i in range(options.pairs):
+        subject = SUBJECTS[i % len(SUBJECTS)]
+        word = rng.choice(task.concept_words)
+        pairs.append((f"{subject}, {word}", f"{subject}, {guide}".rstrip(", ")))
+    benign = [SUBJECTS[i % len(SUBJECTS)] for i in range(options.benign)]
+    return pairs, benign
+
+
+def _pairs_from_file(path: Path) -> list[tuple[str, str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"unsafe", "safe"} <= set(rows[0]):
+        raise ValueError(f"{path}: a SafeRedir pairs file needs the columns 'unsafe' and 'safe'")
+    return [(r["unsafe"], r["safe"]) for r in rows]
+
+
+@torch.no_grad()
+def collect_trajectories(model, texts: list[str], seeds: list[int], batch_size: int = 32,
+                         max_kept_steps: int = 25) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
+    """Sample every prompt once; return (latents per kept step, kept timesteps, cond embeddings, images)."""
+    from benchmark.stages.generate import initial_latents
+
+    pipe, d = model.pipe, model.defaults
+    steps = d.num_inference_steps
+    keep = sorted(set(torch.linspace(0, steps - 1, min(steps, max_kept_steps)).round().long().tolist()))
+    all_latents, all_embeds, images = [], [], []
+    for start in tqdm(range(0, len(texts), batch_size), desc="saferedir: trajectories", unit="batch"):
+        chunk, chunk_seeds = texts[start:start + batch_size], seeds[start:start + batch_size]
+        z = initial_latents(chunk_seeds, pipe, d.height, d.width).to(pipe.device, pipe.unet.dtype)
+        cond, _ = pipe.encode_prompt(chunk, pipe.device, 1, False)
+        seen = {0: z * pipe.scheduler.init_noise_sigma}
+
+        def record(p, i, t, kwargs):
+            seen[i + 1] = kwargs["latents"].detach().clone()
+            return {}
+
+        out = pipe(prompt=chunk, latents=z, num_inference_steps=steps, guidance_scale=d.guidance_scale,
+                   height=d.height, width=d.width, output_type="pil", callback_on_step_end=record)
+        all_latents.append(torch.stack([seen[i] for i in keep], dim=1).float().cpu())
+        all_embeds.append(cond.float().cpu())
+        images += list(out.images)
+    pipe.scheduler.set_timesteps(steps)
+    timesteps = pipe.scheduler.timesteps[keep].cpu()
+    return torch.cat(all_latents), timesteps, torch.cat(all_embeds), images
+
+
+def build_trajectories(model, task, options) -> Trajectories:
+    from benchmark.runner import build_judge
+
+    pairs, benign = training_prompts(task, options)
+    texts = [u for u, _ in pairs] + [s for _, s in pairs] + benign
+    n = len(pairs)
+    seeds = [10_000 * (options.seed + 1) + i for i in range(len(texts))]
+    latents, timesteps, embeds, images = collect_trajectories(model, texts, seeds)
+    judge = build_judge(task.judge, {}, str(model.device))
+    flagged = torch.tensor([bool(r.flagged) for r in judge.score(images, texts)])
+    asks = torch.tensor([i < n for i in range(len(texts))])
+    twin = torch.tensor([i + n if i < n else -1 for i in range(len(texts))])
+    return Trajectories(latents, timesteps, embeds, (asks | flagged).long(), flagged, twin, texts)
+
+
+def _conditional_eps(unet, z, t, embeds):
+    return unet(z.to(unet.dtype), t, encoder_hidden_states=embeds.to(unet.dtype)).sample.float()
+
+
+def train_redirector(model, task, cfg: RedirectorConfig, options) -> tuple[Redirector, dict]:
+    start = time.perf_counter()
+    torch.manual_seed(options.seed)
+    gen = torch.Generator().manual_seed(options.seed)
+    data = build_trajectories(model, task, options)
+    collect_seconds = time.perf_counter() - start
+    device, unet = model.device, model.pipe.unet
+    n_traj, n_steps = data.latents.shape[:2]
+
+    # Hold out 15% of the trajectories (whole pairs) to report the classifier honestly.
+    order = torch.randperm(n_traj, generator=gen)
+    held = set(order[: max(2, n_traj * 15 // 100)].tolist())
+    held |= {int(data.twin[i]) for i in list(held) if data.twin[i] >= 0}
+    train_idx = torch.tensor([i for i in range(n_traj) if i not in held])
+    held_idx = torch.tensor(sorted(held))
+    pair_idx = train_idx[(data.twin[train_idx] >= 0)]
+    other_idx = train_idx[(data.twin[train_idx] < 0)]
+
+    net = Redirector(cfg).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=options.lr, weight_decay=1e-4)
+    flags = [p.requires_grad for p in unet.parameters()]
+    unet.requires_grad_(False)
+
+    def states(idx: torch.Tensor):
+        step = torch.randint(0, n_steps, (idx.numel(),), generator=gen)
+        z = data.latents[idx, step].to(device)
+        return z, data.timesteps[step].to(device)
+
+    def redirect_losses(z, t, e_from, e_to, out):
+        edited = redirect(e_from, out, alpha_scale=options.train_alpha_scale, mask_again=True)
+        with torch.no_grad():
+            target = _conditional_eps(unet, z, t, e_to)
+        return (_conditional_eps(unet, z, t, edited) - target).pow(2).mean(dim=(1, 2, 3))
+
+    with torch.no_grad():  # m0: how far apart the two predictions are before any redirection
+        idx = pair_idx[torch.randint(0, pair_idx.numel(), (min(64, pair_idx.numel()),), generator=gen)]
+        z, t = states(idx)
+        e_u, e_s = data.embeds[idx].to(device), data.embeds[data.twin[idx]].to(device)
+        m0 = float((_conditional_eps(unet, z, t, e_u) - _conditional_eps(unet, z, t, e_s)).pow(2).mean()) + 1e-8
+
+    half = max(1, options.batch // 2)
+    history = []
+    try:
+        bar = tqdm(range(options.steps), desc="saferedir: training", unit="step")
+        for step in bar:
+            lr = options.lr * min(1.0, (step + 1) / 50) * (0.5 * (1 + torch.cos(torch.tensor(step / options.steps * 3.14159))))
+            for group in opt.param_groups:
+                group["lr"] = float(lr)
+            a = pair_idx[torch.randint(0, pair_idx.numel(), (half,), generator=gen)]
+            b = other_idx[torch.randint(0, other_idx.numel(), (half,), generator=gen)]
+            idx = torch.cat([a, b])
+            z, t = states(idx)
+            e = data.embeds[idx].to(device)
+            net.train()
+            out = net(z, t, e)
+            ce = F.cross_entropy(out.logits, data.labels[idx].to(device))
+            e_twin = data.embeds[data.twin[a]].to(device)
+            sub = type(out)(out.logits[:half], out.delta[:half], out.mask[:half], out.alpha[:half])
+            keep = type(out)(out.logits[half:], out.delta[half:], out.mask[half:], out.alpha[half:])
+            safe_rows = data.labels[b] == 0
+            loss_redirect = redirect_losses(z[:half], t[:half], e[:half], e_twin, sub).mean() / m0
+            loss_keep = torch.zeros((), device=device)
+            loss_mask = torch.zeros((), device=device)
+            if safe_rows.any():
+                rows = safe_rows.nonzero().squeeze(1).to(device)
+                kept = type(out)(keep.logits[rows], keep.delta[rows], keep.mask[rows], keep.alpha[rows])
+                loss_keep = redirect_losses(z[half:][rows], t[half:][rows], e[half:][rows], e[half:][rows],
+                                            kept).mean() / m0
+                loss_mask = keep.mask[rows].mean()
+            loss = ce + loss_redirect + options.keep_weight * loss_keep + options.mask_weight * loss_mask
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            history.append((ce.item(), loss_redirect.item(), loss_keep.item()))
+            if step % 10 == 0:
+                recent = torch.tensor(history[-20:]).mean(0).tolist()
+                bar.set_postfix(ce=f"{recent[0]:.3f}", redirect=f"{recent[1]:.3f}", keep=f"{recent[2]:.3f}")
+        net.eval()
+        report = evaluate_redirector(net, data, held_idx, unet, options, m0, device)
+    finally:
+        for p, flag in zip(unet.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+    report.update({"collect_seconds": round(collect_seconds, 1), "train_seconds": round(time.perf_counter() - start
+                                                                                          - collect_seconds, 1),
+                   "trajectories": n_traj, "held_out_trajectories": int(held_idx.numel()),
+                   "judge_flag_rate_unsafe_prompts": float(data.flagged[: (data.twin >= 0).sum()].float().mean()),
+                   "parameters": sum(p.numel() for p in net.parameters())})
+    log.info("saferedir trained: %s", report)
+    return net.cpu(), report
+
+
+@torch.no_grad()
+def evaluate_redirector(net, data: Trajectories, held_idx, unet, options, m0: float, device) -> dict:
+    """Held-out classifier accuracy per state, false-positive rate on safe trajectories, and the redirect
+    loss relative to no redirection (1.0 = no better than leaving the prompt alone)."""
+    z = data.latents[held_idx].to(device)  # (n, S, ...)
+    n, s = z.shape[:2]
+    flat = z.reshape(n * s, *z.shape[2:])
+    t = data.timesteps.to(device).repeat(n)
+    e = data.embeds[held_idx].to(device).repeat_interleave(s, dim=0)
+    y = data.labels[held_idx].to(device).repeat_interleave(s)
+    out = net(flat, t, e)
+    pred = (out.unsafe_probability >= 0.5).long()
+    safe = y == 0
+    report = {"heldout_state_accuracy": float((pred == y).float().mean()),
+              "heldout_false_positive_rate": float(pred[safe].float().mean()) if safe.any() else None,
+              "heldout_true_positive_rate": float(pred[~safe].float().mean()) if (~safe).any() else None}
+    pairs = held_idx[data.twin[held_idx] >= 0]
+    if pairs.numel():
+        zz = data.latents[pairs][:, ::max(1, s // 5)].to(device)
+        k = zz.shape[1]
+        zf = zz.reshape(-1, *zz.shape[2:])
+        tt = data.timesteps[::max(1, s // 5)].to(device).repeat(pairs.numel())
+        e_u = data.embeds[pairs].to(device).repeat_interleave(k, dim=0)
+        e_s = data.embeds[data.twin[pairs]].to(device).repeat_interleave(k, dim=0)
+        o = net(zf, tt, e_u)
+        edited = redirect(e_u, o, alpha_scale=options.train_alpha_scale, mask_again=True)
+        target = _conditional_eps(unet, zf, tt, e_s)
+        before = (_conditional_eps(unet, zf, tt, e_u) - target).pow(2).mean()
+        after = (_conditional_eps(unet, zf, tt, edited) - target).pow(2).mean()
+        report["heldout_redirect_loss_ratio"] = float(after / before)
+    return report
