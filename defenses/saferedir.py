@@ -74,10 +74,10 @@ class SafeRedirOptions:
     checkpoint: str | None = None  # an official-format state dict (.pt/.pth/.bin/.safetensors)
     # --- training (see defenses/saferedir_train.py)
     pairs_file: str | None = None  # CSV with columns unsafe, safe (default: from the task)
-    pairs: int = 96  # unsafe/safe prompt pairs
-    benign: int = 48  # extra benign prompts (negatives for the classifier)
-    steps: int = 300  # optimiser steps
-    batch: int = 32
+    pairs: int = 64  # unsafe/safe prompt pairs
+    benign: int = 32  # extra benign prompts (negatives for the classifier)
+    steps: int = 200  # optimiser steps
+    batch: int = 24
     lr: float = 1e-3
     keep_weight: float = 0.5  # weight of "leave safe prompts alone"
     mask_weight: float = 0.01  # L1 on the mask of safe prompts

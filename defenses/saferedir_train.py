@@ -2,7 +2,7 @@
 
 Data
     * ``pairs``: unsafe prompts with a safe counterpart (the concept removed or replaced), e.g.
-      "a red heart on blue" / "a red arrow on blue". On sd-mini they come from the world's grammar, drawn
+      "a red arrow on blue" / "a red star on blue". On sd-mini they come from the world's grammar, drawn
       from seeds disjoint from the evaluation prompts (:func:`benchmark.models.mini.tasks.training_split`)
       and in the same mix of canonical, synonym and implicit forms; elsewhere from templates around the
       task's concept words and guide concept, or from a CSV given with ``pairs_file`` (columns unsafe, safe).
@@ -262,3 +262,42 @@ def evaluate_redirector(net, data: Trajectories, held_idx, unet, options, m0: fl
         after = (_conditional_eps(unet, zf, tt, edited) - target).pow(2).mean()
         report["heldout_redirect_loss_ratio"] = float(after / before)
     return report
+
+
+def main(argv=None) -> None:
+    """Train SafeRedir redirectors with the defense's default options and write them where the defense
+    looks for shipped ones (used when the model fingerprint and training options match)."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--model", default="sd-mini")
+    ap.add_argument("--task", default="mini-unsafe,mini-object,mini-style", help="comma-separated tasks")
+    ap.add_argument("--out", type=Path, default=None, help="default: defenses/saferedir_weights")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from benchmark.models import get_model_spec
+    from benchmark.models.base import resolve_device, resolve_dtype
+    from benchmark.registry import TASKS
+    from defenses.saferedir import SHIPPED_DIR, SafeRedir, save_redirector
+
+    out = args.out or SHIPPED_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(args.device)
+    model = get_model_spec(args.model).load(device, resolve_dtype("auto", device))
+    defense = SafeRedir()
+    for name in args.task.split(","):
+        task = TASKS.get(name)
+        net, report = train_redirector(model, task, defense.network_config(model), defense.options)
+        save_redirector(out / f"{name}.safetensors", net, base_model=model.key, task=name,
+                        training=defense.prepare_config(), report=report)
+        print(json.dumps({"task": name, **report}, indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()

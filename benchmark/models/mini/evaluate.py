@@ -38,7 +38,7 @@ def heldout(n, vae=None):
 def detector_metrics(det: MiniDetector, x, labs):
     p = det.predict(x)
     out = {}
-    for name in ("object:heart", "style:wavy", "gore"):
+    for name in [t.detector_label for t in TASKS.values()]:
         j = det.index(name)
         if name == "gore":
             truth = torch.tensor([bool(lb["gore"]) for lb in labs])
