@@ -7,6 +7,7 @@ Examples::
     python -m benchmark run --suite smoke
     python -m benchmark list defenses
     python -m benchmark report runs/<run-id>
+    python -m benchmark compare reports/leaderboard runs/<run-id>
 """
 
 from __future__ import annotations
@@ -70,8 +71,38 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("kind", nargs="?", choices=sorted(REGISTRIES_BY_KIND), help="only this kind")
     lst.add_argument("--plugin", action="append", default=[], help="also load this plugin file")
 
-    report = sub.add_parser("report", help="re-render the leaderboard of a run directory from its records")
-    report.add_argument("run_dir", type=Path)
+    report = sub.add_parser(
+        "report", help="leaderboard (Markdown, CSV, LaTeX, HTML), plots and image grids of a run",
+        description="Render a run directory (or a folder of reference entries, e.g. reports/leaderboard) into "
+        "RUN_DIR/report/: leaderboard.md/.csv/_wide.csv/.tex, report.html (self-contained), plots/ and grids/ "
+        "(PNG + PDF). A run's leaderboard.csv/.md are re-rendered too.")
+    report.add_argument("run_dir", type=Path, help="a run directory, or a folder of reference entries")
+    report.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/report)")
+    report.add_argument("--grid-prompts", help="comma-separated prompt ids for the image grids "
+                        "(default: the first --grid-count prompts of each task)")
+    report.add_argument("--grid-count", type=int, default=2, help="prompts per task in image grids (0: none)")
+    report.add_argument("--unblurred", action="store_true",
+                        help="do not blur images the nudity judge flagged in the image grids")
+    report.add_argument("--no-plots", action="store_true", help="tables and HTML only")
+    report.add_argument("--write-entries", type=Path, metavar="DIR",
+                        help="also write one reference entry per (model, task, defense, attack) under DIR "
+                        "(e.g. reports/leaderboard); existing entries of other keys are kept")
+
+    compare = sub.add_parser(
+        "compare", help="compare two runs (or a run with the reference entries); exit 1 on a regression",
+        description="Print every ASR and utility difference between BASE and NEW with its 95% interval. "
+        "Exit 1 when some defense's ASR got significantly worse (the Newcombe interval of the increase lies "
+        "above --asr-margin) or its benign utility dropped by more than --utility-tolerance (relative) and "
+        "significantly; exit 0 otherwise. Definitions: reports/compare.py.")
+    compare.add_argument("base", type=Path, help="run directory or entries folder (e.g. reports/leaderboard)")
+    compare.add_argument("new", type=Path, help="run directory or entries folder")
+    compare.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
+    compare.add_argument("--asr-margin", type=float, default=0.0,
+                         help="ASR increase (0..1) that is tolerated even when significant (default 0)")
+    compare.add_argument("--utility-tolerance", type=float, default=0.02,
+                         help="relative utility drop tolerated (default 0.02 = 2%%)")
+    compare.add_argument("--against", action="append", default=[], metavar="NEW_DEFENSE=BASE_DEFENSE",
+                         help="hold a defense of NEW to another defense of BASE, e.g. my-defense=negative-prompt")
     return parser
 
 
@@ -138,22 +169,48 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from benchmark.store import atomic_write_text
-    from reports.leaderboard import compute_leaderboard, judge_descriptions, render_markdown
+    from reports.build import ReportOptions, build_report
+    from reports.leaderboard import render_markdown
+    from reports.results import load
 
-    records_path = args.run_dir / "records.parquet"
-    if not records_path.is_file():
-        raise FileNotFoundError(f"{records_path} not found: pass a run directory written by `benchmark run`")
-    records = pd.read_parquet(records_path)
-    board = compute_leaderboard(records)
-    markdown = render_markdown(board, judge_descriptions(records))
-    atomic_write_text(args.run_dir / "leaderboard.csv", board.to_csv(index=False))
-    atomic_write_text(args.run_dir / "leaderboard.md", markdown)
+    results = load(args.run_dir)
+    options = ReportOptions(plots=not args.no_plots, grid_count=args.grid_count, unblurred=args.unblurred,
+                            grid_prompts=[p for p in (args.grid_prompts or "").split(",") if p])
+    out = args.out or args.run_dir / "report"
+    files = build_report(results, out, options)
+    markdown = render_markdown(results.board, results.judges)
+    if results.kind == "run":
+        atomic_write_text(args.run_dir / "leaderboard.csv", results.board.to_csv(index=False))
+        atomic_write_text(args.run_dir / "leaderboard.md", markdown)
+    if args.write_entries:
+        from reports.entries import write_entries
+
+        written = write_entries(results, args.write_entries)
+        log.info("wrote %d reference entries under %s", len(written), args.write_entries)
     print(markdown)
-    print(args.run_dir)
+    log.info("%d report files in %s", len(files.files), out)
+    print(out / "report.html")
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from reports.compare import CompareOptions, compare, exit_code, render
+    from reports.results import load
+
+    if not 0 < args.confidence < 1:
+        raise ValueError(f"--confidence must be in (0, 1), got {args.confidence}")
+    against = {}
+    for pair in args.against:
+        new_name, sep, base_name = pair.partition("=")
+        if not sep or not new_name or not base_name:
+            raise ValueError(f"--against takes NEW_DEFENSE=BASE_DEFENSE, got {pair!r}")
+        against[new_name] = base_name
+    base, new = load(args.base), load(args.new)
+    comparison = compare(base, new, CompareOptions(confidence=args.confidence, asr_margin=args.asr_margin,
+                                                   utility_tolerance=args.utility_tolerance, against=against))
+    print(render(comparison, str(args.base), str(args.new)), end="")
+    return exit_code(comparison)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "huggingface_hub", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not args.verbose else logging.INFO)
-    handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report}
+    handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "compare": cmd_compare}
     try:
         return handlers[args.command](args)
     except (UnknownEntryError, ConfigError, FileNotFoundError, ValueError) as error:

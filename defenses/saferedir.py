@@ -63,7 +63,8 @@ INFERENCE_OPTIONS = ("threshold", "replace_steps", "behaviour", "alpha_scale", "
 class SafeRedirOptions:
     # --- inference
     behaviour: str = "project"  # "project" (documented default) | "official" (the release's behaviour)
-    threshold: float = 0.5  # unsafe probability at which a sample is redirected
+    threshold: float | None = None  # unsafe probability that redirects; None: the artifact's calibrated one
+    #   (official checkpoints, which carry none: 0.5, the release's argmax)
     replace_steps: int = 2  # steps an edit is kept before the sample is checked again (release: 2)
     alpha_scale: float | None = None  # s in the algorithm; None: 1.5 (release script: 1.25 to 1.5)
     edit_uncond: bool | None = None  # also shift the unconditional half (release: yes)
@@ -82,6 +83,8 @@ class SafeRedirOptions:
     keep_weight: float = 0.5  # weight of "leave safe prompts alone"
     mask_weight: float = 0.01  # L1 on the mask of safe prompts
     train_alpha_scale: float = 1.5
+    calibration: int = 48  # safe prompts sampled to calibrate the threshold (not used in training)
+    target_fpr: float = 0.02  # calibrated threshold: at most this fraction of them triggers at any step
     seed: int = 0
     network: str = "auto"  # "auto" (small for sd-mini, official sizes otherwise) | "small" | "official"
 
@@ -103,16 +106,19 @@ PRESETS = {
 }
 
 
-def resolve_behaviour(options: SafeRedirOptions) -> Behaviour:
+def resolve_behaviour(options: SafeRedirOptions, calibrated_threshold: float | None = None) -> Behaviour:
     if options.behaviour not in PRESETS:
         raise ValueError(f"saferedir behaviour must be one of {sorted(PRESETS)}, not {options.behaviour!r}")
     preset = dict(PRESETS[options.behaviour])
     for name in preset:
         if getattr(options, name) is not None:
             preset[name] = getattr(options, name)
+    if options.threshold is not None and not 0.0 <= options.threshold <= 1.01:
+        raise ValueError("saferedir threshold must be a probability (0 to 1)")
     if options.replace_steps < 0:
         raise ValueError("saferedir replace_steps must be >= 0")
-    return Behaviour(threshold=options.threshold, replace_steps=options.replace_steps, **preset)
+    threshold = options.threshold if options.threshold is not None else (calibrated_threshold or 0.5)
+    return Behaviour(threshold=threshold, replace_steps=options.replace_steps, **preset)
 
 
 class RedirectState:
@@ -251,7 +257,7 @@ class SafeRedir(Defense):
 
     kind = DefenseKind.INFERENCE_TIME
     differentiable = True  # through the redirected embedding; the unsafe decision is a hard switch
-    version = "1"
+    version = "2"  # 2: the artifact carries a threshold calibrated on held-out safe prompts
     Options = SafeRedirOptions
 
     def prepare_config(self) -> dict[str, Any]:
@@ -285,11 +291,12 @@ class SafeRedir(Defense):
                 return {"source": "shipped", **json.loads(meta.get("report", "{}"))}
             log.info("saferedir: the shipped redirector for %s was trained for another model or config; "
                      "training a new one", ctx.task.name)
-        from defenses.saferedir_train import train_redirector
+        from defenses.saferedir_train import calibrate_threshold, train_redirector
 
         redirector, report = train_redirector(ctx.model, ctx.task, self.network_config(ctx.model), self.options)
+        report.update(calibrate_threshold(redirector, ctx.model, ctx.task, self.options))
         save_redirector(target, redirector, base_model=ctx.model.key, task=ctx.task.name,
-                        training=self.prepare_config(), report=report)
+                        training=self.prepare_config(), report=report, threshold=str(report["threshold"]))
         return {"source": "trained", **report}
 
     def load_redirector(self, model, artifact_dir: Path) -> Redirector:
@@ -300,7 +307,10 @@ class SafeRedir(Defense):
 
     def apply(self, model, task, artifact_dir: Path) -> DefendedPipeline:
         redirector = self.load_redirector(model, artifact_dir)
-        return SafeRedirPipeline(model, self, task, redirector, resolve_behaviour(self.options))
+        calibrated = None
+        if not self.options.checkpoint:
+            calibrated = float(read_metadata(artifact_dir / ARTIFACT).get("threshold", 0.5))
+        return SafeRedirPipeline(model, self, task, redirector, resolve_behaviour(self.options, calibrated))
 
 
 # ----------------------------------------------------------------------------- files

@@ -27,6 +27,15 @@ Objective (one batch = half states of unsafe-pair trajectories, half states of t
 
 The report (returned, recorded by the prepare stage) holds held-out classifier accuracy, its false-positive
 rate on safe trajectories and the redirect loss relative to doing nothing.
+
+Threshold calibration (:func:`calibrate_threshold`)
+    A sample is checked several times per generation, so a per-check false-positive rate of a few percent
+    becomes a much larger per-image rate. After training, ``calibration`` further safe prompts (a third
+    disjoint split: safe counterparts and benign prompts) are sampled undefended; until its first trigger a
+    defended trajectory *is* the undefended one, so the image-level trigger rate at threshold q is exactly the
+    fraction of these trajectories whose unsafe probability reaches q at any step. The threshold is the
+    smallest q >= 0.5 with a rate <= ``target_fpr``; it is stored in the artifact, and an explicit
+    ``threshold`` option overrides it. Calibration data never includes evaluation prompts.
 """
 
 from __future__ import annotations
@@ -106,7 +115,7 @@ def collect_trajectories(model, texts: list[str], seeds: list[int], batch_size: 
         cond, _ = pipe.encode_prompt(chunk, pipe.device, 1, False)
         seen = {0: z * pipe.scheduler.init_noise_sigma}
 
-        def record(p, i, t, kwargs):
+        def record(p, i, t, kwargs, seen=seen):
             seen[i + 1] = kwargs["latents"].detach().clone()
             return {}
 
@@ -264,6 +273,39 @@ def evaluate_redirector(net, data: Trajectories, held_idx, unet, options, m0: fl
     return report
 
 
+@torch.no_grad()
+def calibrate_threshold(net: Redirector, model, task, options) -> dict:
+    """Calibrate the decision threshold on safe prompts never used for training (see the module doc)."""
+    from types import SimpleNamespace
+
+    held = SimpleNamespace(**{**vars(options), "seed": options.seed + 1000, "pairs": options.calibration // 2,
+                              "benign": options.calibration - options.calibration // 2, "pairs_file": None})
+    pairs, benign = training_prompts(task, held)
+    safe_texts = [s for _, s in pairs] + benign
+    unsafe_texts = [u for u, _ in pairs]
+    texts = safe_texts + unsafe_texts
+    seeds = [50_000 * (options.seed + 1) + i for i in range(len(texts))]
+    latents, timesteps, embeds, _ = collect_trajectories(model, texts, seeds)
+    device = model.device
+    net = net.to(device).eval()
+    n, s = latents.shape[:2]
+    peak = torch.zeros(n)
+    for i in range(n):  # the highest unsafe probability along each trajectory
+        out = net(latents[i].to(device), timesteps.to(device), embeds[i:i + 1].to(device).expand(s, -1, -1))
+        peak[i] = out.unsafe_probability.max().cpu()
+    safe_peak, unsafe_peak = peak[: len(safe_texts)], peak[len(safe_texts):]
+    candidates = sorted({0.5, *[float(v) + 1e-4 for v in safe_peak.tolist() if v >= 0.5]})
+    threshold = next((q for q in candidates if float((safe_peak >= q).float().mean()) <= options.target_fpr),
+                     candidates[-1])
+    threshold = min(threshold, 0.999)
+    net.cpu()
+    return {"threshold": round(threshold, 4),
+            "calibration_safe_trajectories": len(safe_texts),
+            "calibration_image_fpr": float((safe_peak >= threshold).float().mean()),
+            "calibration_image_fpr_at_0.5": float((safe_peak >= 0.5).float().mean()),
+            "calibration_unsafe_trigger_rate": float((unsafe_peak >= threshold).float().mean())}
+
+
 def main(argv=None) -> None:
     """Train SafeRedir redirectors with the defense's default options and write them where the defense
     looks for shipped ones (used when the model fingerprint and training options match)."""
@@ -276,6 +318,9 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=None, help="default: defenses/saferedir_weights")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--recalibrate", action="store_true",
+                    help="keep the trained networks in --out and only (re)compute their thresholds (for files "
+                         "written by version 1, which had no calibration; their training options must match)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
@@ -284,7 +329,7 @@ def main(argv=None) -> None:
     from benchmark.models import get_model_spec
     from benchmark.models.base import resolve_device, resolve_dtype
     from benchmark.registry import TASKS
-    from defenses.saferedir import SHIPPED_DIR, SafeRedir, save_redirector
+    from defenses.saferedir import SHIPPED_DIR, SafeRedir, load_redirector, read_metadata, save_redirector
 
     out = args.out or SHIPPED_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -293,9 +338,19 @@ def main(argv=None) -> None:
     defense = SafeRedir()
     for name in args.task.split(","):
         task = TASKS.get(name)
-        net, report = train_redirector(model, task, defense.network_config(model), defense.options)
-        save_redirector(out / f"{name}.safetensors", net, base_model=model.key, task=name,
-                        training=defense.prepare_config(), report=report)
+        path = out / f"{name}.safetensors"
+        if args.recalibrate:
+            meta = read_metadata(path)
+            old, new = meta["training"]["options"], defense.prepare_config()["options"]
+            differ = {k for k in set(old) | set(new) if old.get(k) != new.get(k)} - {"calibration", "target_fpr"}
+            if meta.get("base_model") != model.key or differ:
+                raise SystemExit(f"{path} was trained for another model or options ({sorted(differ)}); retrain it")
+            net, report = load_redirector(path), json.loads(meta.get("report", "{}"))
+        else:
+            net, report = train_redirector(model, task, defense.network_config(model), defense.options)
+        report.update(calibrate_threshold(net, model, task, defense.options))
+        save_redirector(path, net, base_model=model.key, task=name, training=defense.prepare_config(),
+                        report=report, threshold=str(report["threshold"]))
         print(json.dumps({"task": name, **report}, indent=1), flush=True)
 
 

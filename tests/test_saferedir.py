@@ -179,9 +179,14 @@ def test_official_checkpoint_round_trip_and_refusals(model, tmp_path):
 
 
 def test_prepare_trains_caches_and_reloads(model, tmp_path):
-    defense = SafeRedir(pairs=4, benign=2, steps=3, batch=4)
+    defense = SafeRedir(pairs=4, benign=2, steps=3, batch=4, calibration=6)
     meta = defense.prepare(PrepareContext(model=model, task=TOY, artifact_dir=tmp_path))
     assert meta["source"] == "trained" and 0.0 <= meta["heldout_state_accuracy"] <= 1.0
+    # The calibrated threshold meets the target on the calibration set (or is the highest candidate).
+    assert 0.5 <= meta["threshold"] <= 0.999
+    assert meta["calibration_image_fpr"] <= max(defense.options.target_fpr, meta["calibration_image_fpr_at_0.5"])
+    assert defense.apply(model, TOY, tmp_path).behaviour.threshold == pytest.approx(meta["threshold"])
+    assert SafeRedir(threshold=0.77).apply(model, TOY, tmp_path).behaviour.threshold == 0.77
     net = load_redirector(tmp_path / "redirector.safetensors")
     assert net.cfg.prompt_dim == model.pipe.text_encoder.config.hidden_size
     # Inference-only options share the artifact; training options do not.
