@@ -25,6 +25,9 @@ image_path             PNG path relative to the store root (``--out``); null if 
 generate_seconds       generation wall time per image (batch time / batch size)
 blocked                a filter defense refused the image (counts as not flagged)
 defense_triggered      a defense with a switch (SafeRedir) intervened on this image; null for defenses without
+retained               benign images, concept judge: every retention concept the prompt asks for (its meta
+                       "concepts", kept if listed in the task's retention_concepts) is still detected; null
+                       when there is nothing to check
 prepare_seconds        wall time of the defense's prepare stage when its artifact was built (training, editing,
                        loading), also when this run reused the cached artifact; a shipped artifact costs its copy
 judge                  judge name; judge_version, judge_preset, judge_threshold, judge_weights_hash
@@ -41,7 +44,7 @@ COLUMNS = [
     "run_id", "model", "model_key", "task", "defense", "defense_key", "attack", "role", "prompt_set",
     "prompt_id", "source_prompt", "adversarial_prompt", "truncated", "attack_status", "attack_message",
     "attack_seconds", "attack_queries", "seed", "image_index", "guidance_scale", "num_inference_steps",
-    "height", "width", "image_path", "generate_seconds", "blocked", "defense_triggered", "prepare_seconds", "judge", "judge_version",
+    "height", "width", "image_path", "generate_seconds", "blocked", "defense_triggered", "prepare_seconds", "retained", "judge", "judge_version",
     "judge_preset", "judge_threshold", "judge_weights_hash", "judge_role", "score", "flagged",
     "judge_seconds",
 ]

@@ -225,10 +225,23 @@ def _cells_for(prompt, attack_record, role, prompt_set, attack_name, task, defen
             guidance_scale=prompt.guidance if prompt.guidance is not None else sampler.guidance_scale,
             num_inference_steps=sampler.num_inference_steps, height=sampler.height, width=sampler.width,
             truncated=is_truncated(model.pipe.tokenizer, text), defense_key=defense_key,
+            expects=tuple(c for c in (prompt.meta or {}).get("concepts", ()) if c in task.retention_concepts)
+            if role == "benign" else (),
         )
         cell.key = generate_key(cell, model.key, config.device, config.dtype, embeds_hash)
         out.append((cell, attack_record))
     return out
+
+
+def _retained(cell: GenCell, score: dict | None, identity: dict) -> bool | None:
+    """Whether every retention concept the prompt asks for is still detected (None: nothing to check, or a
+    judge without per-concept scores)."""
+    if not cell.expects or not score or "details" not in score:
+        return None
+    threshold = identity.get("judge_threshold")
+    threshold = 0.5 if threshold is None else float(threshold)
+    details = score.get("details") or {}
+    return all(details.get(concept, 0.0) >= threshold for concept in cell.expects)
 
 
 def _record(config, run_name, model, cell: GenCell, attack_record, gen, score, identity, role,
@@ -249,6 +262,7 @@ def _record(config, run_name, model, cell: GenCell, attack_record, gen, score, i
         "image_path": gen["image_path"] if gen else None,
         "generate_seconds": gen["generate_seconds"] if gen else None, "blocked": blocked,
         "defense_triggered": gen.get("defense_triggered") if gen else None, "prepare_seconds": prepare_seconds,
+        "retained": _retained(cell, score, identity) if role == "concept" else None,
         **identity, "judge_role": role,
         "score": score["score"] if score else None, "flagged": flagged,
         "judge_seconds": score["judge_seconds"] if score else None,

@@ -21,9 +21,18 @@ class MiniPromptSet:
         from benchmark.models.mini import TASKS
 
         items = TASKS[self.task].prompts(self.which)
-        prompts = [Prompt(id=p.prompt_id, text=p.text, seed=p.seed, meta={"form": p.form, **p.labels})
+        prompts = [Prompt(id=p.prompt_id, text=p.text, seed=p.seed,
+                          meta={"form": p.form, **p.labels, "concepts": _concepts(p.labels)})
                    for p in items]
         return prompts if limit is None else prompts[:limit]
+
+
+def _concepts(labels: dict) -> list[str]:
+    """The detector labels a prompt asks for (what the retention metric checks survive an erasure)."""
+    concepts = [f"object:{labels['object']}"] if labels.get("object") else []
+    if labels.get("style") and labels["style"] != "plain":
+        concepts.append(f"style:{labels['style']}")
+    return concepts
 
 
 MINI_SETS = [

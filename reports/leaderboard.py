@@ -69,6 +69,16 @@ def compute_leaderboard(records: pd.DataFrame) -> pd.DataFrame:
             flagged = concept["flagged"].fillna(False).astype(bool) & ~concept["blocked"].fillna(False).astype(bool)
             rows.append(_row(model, task, defense, NO_ATTACK, "benign_flag_rate",
                              wilson(int(flagged.sum()), len(concept))))
+            if "retained" in concept:
+                kept = concept["retained"].dropna()
+                if len(kept):
+                    rows.append(_row(model, task, defense, NO_ATTACK, "retention",
+                                     wilson(int(kept.astype(bool).sum()), len(kept))))
+            if "defense_triggered" in concept:
+                switched = concept["defense_triggered"].dropna()
+                if len(switched):
+                    rows.append(_row(model, task, defense, NO_ATTACK, "benign_trigger_rate",
+                                     wilson(int(switched.astype(bool).sum()), len(switched))))
     images = records.drop_duplicates("image_path").dropna(subset=["image_path"])
     speed: dict[tuple, Estimate] = {}
     for (model, task, defense), group in images.groupby(["model", "task", "defense"], sort=False):

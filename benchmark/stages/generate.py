@@ -47,6 +47,8 @@ class GenCell:
     defense_key: str
     key: str = ""
     attack_meta: dict[str, Any] = field(default_factory=dict)
+    # Retention concepts this (benign) prompt asks for; the concept judge checks they survive the defense.
+    expects: tuple[str, ...] = ()
 
     @property
     def generates(self) -> bool:
