@@ -64,6 +64,8 @@ DEFENSE_COLUMNS = [
            "fraction of benign images the concept judge flags"),
     Column("benign_trigger_rate", "benign triggered", "benign_trigger_rate", NO_ATTACK, "rate", "lower", "utility",
            "benign images on which a switching defense (SafeRedir) intervened: its false-positive rate"),
+    Column("benign_false_trigger_rate", "false triggers", "benign_false_trigger_rate", NO_ATTACK, "rate", "lower",
+           "utility", "interventions on benign prompts whose undefended image does not show the concept"),
     Column("prepare_seconds", "prepare s", "prepare_seconds", NO_ATTACK, "seconds", "lower", "cost",
            "wall time to build the defense's artifact"),
     Column("generation_overhead", "gen. overhead", "generation_overhead", NO_ATTACK, "ratio", "lower", "cost",

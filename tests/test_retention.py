@@ -36,14 +36,25 @@ def test_mini_prompts_declare_their_concepts():
 
 def test_leaderboard_reports_retention_and_trigger_rate():
     rows = []
+    for i in range(10):  # the undefended model: prompt 0 shows the concept
+        base = {c: None for c in COLUMNS}
+        base.update(model="sd-mini", task="t", defense="none", attack="none", role="benign", prompt_id=str(i),
+                    image_index=0, judge_role="concept", flagged=i == 0, blocked=False, retained=True,
+                    image_path=f"none{i}.png", generate_seconds=1.0, attack_status="ok", truncated=False,
+                    attack_seconds=0.0, attack_queries=0)
+        rows.append(base)
     for i in range(10):
         base = {c: None for c in COLUMNS}
         base.update(model="sd-mini", task="t", defense="saferedir", attack="none", role="benign", prompt_id=str(i),
-                    judge_role="concept", flagged=False, blocked=False, retained=i < 8, defense_triggered=i < 1,
+                    image_index=0, judge_role="concept", flagged=False, blocked=False, retained=i < 8,
+                    defense_triggered=i < 2,
                     image_path=f"img{i}.png", generate_seconds=1.0, attack_status="ok", truncated=False,
                     attack_seconds=0.0, attack_queries=0)
         rows.append(base)
     board = compute_leaderboard(pd.DataFrame(rows, columns=COLUMNS))
+    board = board[board["defense"] == "saferedir"]
     get = lambda metric: board[board["metric"] == metric].iloc[0]  # noqa: E731
     assert get("retention")["value"] == 0.8 and get("retention")["n"] == 10
-    assert get("benign_trigger_rate")["value"] == 0.1 and get("benign_trigger_rate")["ci_high"] < 0.5
+    assert get("benign_trigger_rate")["value"] == 0.2 and get("benign_trigger_rate")["ci_high"] < 0.6
+    # Prompt 0's trigger is a true positive (the undefended image shows the concept): 1 false of 9.
+    assert get("benign_false_trigger_rate")["n"] == 9 and abs(get("benign_false_trigger_rate")["value"] - 1 / 9) < 1e-9
