@@ -1,0 +1,325 @@
+"""UnlearnDiff (Zhang et al., ECCV 2024): white-box optimisation of k tokens prepended to the prompt so that
+the *defended* model denoises towards the image the *undefended* model draws for that prompt.
+
+Algorithm box (per batch of prompts, each prompt with its own randomness, so a result does not depend on
+its batch):
+
+1. Target: ``x0`` = the final latents of the undefended model for the prompt, with the prompt's evaluation
+   seed and the run's sampler (``ctx.model``'s pipeline without the defense's call arguments; for a
+   weight-edit defense, which edits that shared pipeline while applied, a pristine copy of the base model
+   is loaded instead).
+2. Check 0: the source prompt is generated through the defended sampler with its evaluation seed; if the
+   judge flags it, the prompt needs no attack and is returned unchanged.
+3. Adversarial tokens: a relaxed one-hot ``z`` (k x vocabulary, special tokens excluded), optimised with
+   AdamW (lr 0.01, weight decay 0.1). The forward pass uses the hard one-hot of ``argmax z`` (the tokens
+   the prompt will have) with a straight-through gradient to ``z``, so the loss is always that of a real
+   prompt. The prompt is laid out as the pipeline lays out ``"<adv tokens> <prompt>"`` (truncated alike).
+4. Loss at iteration i: ``|| eps_theta(x_t, t_i, c(adv + prompt)) - eps ||^2`` with ``x_t`` = ``x0`` noised
+   by fresh noise ``eps`` at ``t_i``; the timesteps ``t_i`` sweep the sampler's timesteps in a seeded order.
+   * adaptive (default): ``eps_theta`` = ``ctx.defended.noise_prediction(..., guidance_scale=g)`` with the
+     sampler's guidance ``g``: the defended sampler's own step, so a conditioning hook (SafeRedir's
+     redirection), the negative prompt's unconditional branch, SLD's guidance ... are inside the loss.
+     Guidance is needed for guidance-based defenses to be seen at all (at guidance 1 the unconditional
+     branch, where a negative prompt lives, drops out).
+   * non-adaptive (``adaptive=false``): the bare UNet of the defended pipeline with the plain conditional
+     prediction (base ``DefendedPipeline.noise_prediction``: no conditioning hook, guidance 1), as the
+     original attack on a (weight-edited) UNet.
+5. Every ``check_every`` iterations and at the end: the tokens are decoded to text, the text is generated
+   through ``ctx.defended.generate`` with the prompt's evaluation seed and judged by ``ctx.judge``; a
+   flagged (and not blocked) image stops that prompt. The output is text, so the generate stage
+   re-generates exactly the checked image.
+
+Budgets (``preset``): ``paper`` = 40 iterations, a check every iteration, k = 5 for nudity and 3 for style
+and object (GPU models); ``mini`` (sd-mini, tiny-random) = 20 iterations, a check every 10 (a check costs a
+full 25-step generation, ten times an iteration on one CPU core), same k (5 for mini-unsafe, 3 otherwise).
+Cost per prompt: ``seconds`` (its batch's wall time shared equally), ``queries`` = optimisation steps
+(forward + backward through the defended model) + checks (full generations) + 1 target generation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from attacks import _text
+from attacks.base import Attack, AttackOutput, ThreatModel
+from benchmark.registry import ATTACKS
+
+log = logging.getLogger(__name__)
+
+PAPER = {"iterations": 40, "check_every": 1}
+MINI = {"iterations": 20, "check_every": 10}
+SMALL_MODELS = ("sd-mini", "tiny-random")
+NUDITY_LIKE = ("nudity", "mini-unsafe")  # k = 5; style and object tasks: k = 3
+
+
+@dataclass
+class UnlearnDiffOptions:
+    preset: str = "auto"  # auto (mini on sd-mini/tiny-random, paper otherwise) | paper | mini
+    tokens: int | None = None  # k prepended tokens (None: 5 for nudity-like tasks, 3 otherwise)
+    iterations: int | None = None
+    check_every: int | None = None  # iterations between judge checks (the last iteration is always checked)
+    lr: float = 0.01
+    weight_decay: float = 0.1
+    adaptive: bool = True  # loss through the defended sampler (False: bare UNet, conditional, guidance 1)
+    early_stop: bool = True  # stop a prompt once the judge flags it (False: always run every iteration)
+    check_source: bool = True  # check 0: a prompt already flagged without attack is returned unchanged
+    batch_size: int = 8  # prompts optimised together
+    seed: int = 0
+
+
+@dataclass
+class _State:
+    """One prompt under attack."""
+
+    prompt: Any
+    seed: int
+    guidance: float
+    x0: torch.Tensor  # target latents (C, h, w)
+    content: list[int]  # the prompt's tokens
+    generator: torch.Generator
+    z: torch.Tensor | None = None
+    done: bool = False
+    text: str = ""
+    iterations: int = 0
+    checks: int = 0
+    flagged_at: int | None = None  # -1: the source prompt was already flagged
+    optimised_ids: list[int] | None = None  # the laid-out ids the loss saw for ``text``
+
+
+_PRISTINE: dict[str, Any] = {}  # model key -> a base model loaded apart from the shared (edited) pipeline
+_TARGETS: dict[tuple, torch.Tensor] = {}  # target latents, reused by every defense of a run
+
+
+@ATTACKS.register("unlearndiff")
+class UnlearnDiff(Attack):
+    """UnlearnDiff: k prepended tokens optimised through the defended sampler (adaptive), judge early stop."""
+
+    threat_model = ThreatModel.WHITE_BOX
+    Options = UnlearnDiffOptions
+
+    def resolved(self, model_name: str | None, task_name: str) -> dict[str, Any]:
+        preset = self.options.preset
+        if preset not in ("auto", "paper", "mini"):
+            raise ValueError(f"unlearndiff: preset must be auto, paper or mini, got {preset!r}")
+        if preset == "auto":
+            preset = "mini" if model_name in SMALL_MODELS else "paper"
+        budget = dict(MINI if preset == "mini" else PAPER)
+        for key in budget:
+            if getattr(self.options, key) is not None:
+                budget[key] = getattr(self.options, key)
+        budget["tokens"] = self.options.tokens or (5 if task_name in NUDITY_LIKE else 3)
+        if budget["iterations"] < 0 or budget["check_every"] < 1 or budget["tokens"] < 1:
+            raise ValueError(f"unlearndiff: iterations >= 0, check_every >= 1, tokens >= 1 needed; got {budget}")
+        return budget
+
+    def config(self) -> dict[str, Any]:
+        # The presets' values enter the cell keys: changing a preset must not reuse results of the old one.
+        return {**super().config(), "presets": {"paper": PAPER, "mini": MINI}}
+
+    def budget(self) -> dict[str, Any]:
+        return {"paper": {**PAPER, "tokens": "5 nudity / 3 style, object"},
+                "mini": {**MINI, "tokens": "5 mini-unsafe / 3 otherwise"}, "lr": self.options.lr,
+                "weight_decay": self.options.weight_decay, "adaptive": self.options.adaptive}
+
+    # ---------------------------------------------------------------- targets
+    def _base_pipe(self, ctx):
+        """The undefended pipeline: the shared one unless a weight edit is applied to it right now."""
+        from defenses.base import DefenseKind
+
+        kind = getattr(ctx.defended.defense, "kind", None)
+        if kind is not DefenseKind.WEIGHT_EDIT:
+            return ctx.model.pipe
+        if ctx.model.key not in _PRISTINE:
+            from benchmark.models import get_model_spec
+
+            log.info("unlearndiff: loading a pristine %s for the targets (the shared one is edited)", ctx.model.name)
+            try:
+                _PRISTINE[ctx.model.key] = get_model_spec(ctx.model.name).load(ctx.model.device, ctx.model.dtype)
+            except Exception as error:
+                raise RuntimeError(
+                    f"unlearndiff needs the undefended {ctx.model.name} for its targets, but a weight-edit "
+                    f"defense has edited the shared pipeline and reloading the model by name failed ({error}); "
+                    "attack the undefended model first in the same run (--defense none,...: its targets are "
+                    "reused) or register the model by name"
+                ) from error
+        pristine = _PRISTINE[ctx.model.key]
+        if pristine.key != ctx.model.key:
+            raise RuntimeError(f"unlearndiff: reloading {ctx.model.name} gave other weights ({pristine.key} != "
+                               f"{ctx.model.key}); cannot build undefended targets under a weight-edit defense")
+        return pristine.pipe
+
+    def _targets(self, ctx, states: list[_State]) -> None:
+        from benchmark.stages.generate import initial_latents
+
+        s = ctx.sampler
+        keys = [(ctx.model.key, st.prompt.text, st.seed, st.guidance, s["num_inference_steps"], s["height"],
+                 s["width"]) for st in states]
+        todo = [i for i, k in enumerate(keys) if k not in _TARGETS]
+        by_guidance: dict[float, list[int]] = {}
+        for i in todo:
+            by_guidance.setdefault(states[i].guidance, []).append(i)
+        pipe = self._base_pipe(ctx) if todo else None
+        for guidance, idx in by_guidance.items():
+            latents = initial_latents([states[i].seed for i in idx], pipe, s["height"], s["width"])
+            with torch.no_grad():
+                out = pipe(prompt=[states[i].prompt.text for i in idx], latents=latents.to(pipe.device, pipe.unet.dtype),
+                           num_inference_steps=s["num_inference_steps"], guidance_scale=guidance,
+                           height=s["height"], width=s["width"], output_type="latent")
+            for i, x0 in zip(idx, out.images, strict=True):
+                _TARGETS[keys[i]] = x0.detach().float().cpu()
+        for st, key in zip(states, keys, strict=True):
+            st.x0 = _TARGETS[key]
+
+    # ---------------------------------------------------------------- checks
+    def _check(self, ctx, states: list[_State], texts: list[str]) -> list[bool]:
+        """Generate each text with its prompt's evaluation seed through the defended sampler; judge it."""
+        from benchmark.stages.generate import initial_latents
+
+        s = ctx.sampler
+        flagged = [False] * len(states)
+        by_guidance: dict[float, list[int]] = {}
+        for i, st in enumerate(states):
+            by_guidance.setdefault(st.guidance, []).append(i)
+        pipe = ctx.defended.pipe
+        for guidance, idx in by_guidance.items():
+            latents = initial_latents([states[i].seed for i in idx], pipe, s["height"], s["width"])
+            images = ctx.defended.generate([texts[i] for i in idx], latents.to(pipe.device, pipe.unet.dtype),
+                                           num_inference_steps=s["num_inference_steps"], guidance_scale=guidance,
+                                           height=s["height"], width=s["width"])
+            blocked = ctx.defended.blocked(images)
+            scores = ctx.judge.score(images, [states[i].prompt.text for i in idx])
+            for j, i in enumerate(idx):
+                flagged[i] = bool(scores[j].flagged) and not blocked[j]
+                states[i].checks += 1
+        return flagged
+
+    # ---------------------------------------------------------------- optimisation
+    def _noise_prediction(self, ctx, latents, t, cond, guidance: float) -> torch.Tensor:
+        from defenses.base import DefendedPipeline
+
+        if self.options.adaptive:
+            return ctx.defended.noise_prediction(latents, t, cond, guidance_scale=guidance)
+        plain = DefendedPipeline(ctx.defended.model, ctx.defended.defense, ctx.task)
+        return DefendedPipeline.noise_prediction(plain, latents, t, cond, guidance_scale=1.0)
+
+    def _attack_batch(self, ctx, states: list[_State], budget: dict[str, Any]) -> None:
+        pipe = ctx.defended.pipe
+        tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+        device, dtype = pipe.device, pipe.unet.dtype
+        vocab = _text.searchable_token_ids(tokenizer).to(device)
+        table = _text.token_embedding(encoder).weight  # (V, dim)
+        k = budget["tokens"]
+        scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+        scheduler.set_timesteps(ctx.sampler["num_inference_steps"])
+        timesteps = scheduler.timesteps
+        sweep = torch.randperm(len(timesteps), generator=torch.Generator().manual_seed(self.options.seed))
+
+        # relaxed one-hot per prompt, tiny random start from the prompt's own generator
+        for st in states:
+            st.z = (1e-3 * torch.randn((k, len(vocab)), generator=st.generator)).to(device).requires_grad_(True)
+        optimizer = torch.optim.AdamW([st.z for st in states], lr=self.options.lr,
+                                      weight_decay=self.options.weight_decay)
+
+        def laid_out(st: _State, adv: list[int]) -> list[int]:
+            return _text.layout(tokenizer, adv + st.content)[0]
+
+        def adv_tokens(st: _State) -> list[int]:
+            return vocab[st.z.argmax(-1)].tolist()
+
+        def adv_text(st: _State) -> str:
+            return f"{_text.decode(tokenizer, adv_tokens(st))} {st.prompt.text}".strip()
+
+        for it in range(1, budget["iterations"] + 1):
+            active = [st for st in states if not st.done]
+            if not active:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            embeds = []
+            for st in active:
+                hard = torch.nn.functional.one_hot(st.z.argmax(-1), len(vocab)).to(st.z.dtype)
+                relaxed = hard + st.z - st.z.detach()  # straight-through: forward hard, gradient to z
+                ids = torch.tensor(laid_out(st, adv_tokens(st)), device=device)
+                row = table[ids].detach().clone()
+                adv = relaxed.to(table.dtype) @ table[vocab]
+                n_adv = min(k, len(ids) - 2)
+                row = torch.cat([row[:1], adv[:n_adv], row[1 + n_adv:]])
+                embeds.append(row)
+            cond = _text.encode_from_token_embeds(encoder, torch.stack(embeds)).to(dtype)
+            t = timesteps[sweep[(it - 1) % len(timesteps)]]
+            x0 = torch.stack([st.x0 for st in active]).to(device, dtype)
+            noise = torch.stack([torch.randn(st.x0.shape, generator=st.generator) for st in active]).to(device, dtype)
+            x_t = scheduler.scale_model_input(scheduler.add_noise(x0, noise, t.expand(len(active))), t)
+            losses = []
+            for guidance in sorted({st.guidance for st in active}):
+                idx = [i for i, st in enumerate(active) if st.guidance == guidance]
+                eps = self._noise_prediction(ctx, x_t[idx], t, cond[idx], guidance)
+                losses.append((eps.float() - noise[idx].float()).pow(2).mean(dim=(1, 2, 3)).sum())
+            torch.stack(losses).sum().backward()
+            optimizer.step()
+            for st in active:
+                st.iterations += 1
+            if it % budget["check_every"] == 0 or it == budget["iterations"]:
+                texts = [adv_text(st) for st in active]
+                flagged = self._check(ctx, active, texts) if (self.options.early_stop
+                                                              or it == budget["iterations"]) else [False] * len(active)
+                for st, text, hit in zip(active, texts, flagged, strict=True):
+                    st.text, st.optimised_ids = text, laid_out(st, adv_tokens(st))
+                    if hit:
+                        st.flagged_at = it
+                        if self.options.early_stop:
+                            st.done = True
+        for st in states:
+            if not st.text:  # zero iterations: the prompt with its random initial tokens
+                st.text = adv_text(st)
+
+    def run(self, prompts, ctx):
+        from benchmark.hashing import stable_hash
+        from benchmark.stages.generate import image_seed
+
+        budget = self.resolved(ctx.model.name, ctx.task.name)
+        tokenizer = ctx.defended.pipe.tokenizer
+        outputs: dict[str, AttackOutput] = {}
+        bar = tqdm(total=len(prompts), desc=f"unlearndiff {ctx.task.name}", leave=False)
+        step = max(1, self.options.batch_size)
+        for i in range(0, len(prompts), step):
+            chunk = prompts[i:i + step]
+            start = time.perf_counter()
+            states = []
+            for p in chunk:
+                seed = image_seed(p.seed, int(ctx.sampler.get("seed", 0)), p.id, 0)
+                generator = torch.Generator().manual_seed(self.options.seed + int(stable_hash(p.id + p.text, 8), 16))
+                guidance = p.guidance if p.guidance is not None else ctx.sampler["guidance_scale"]
+                states.append(_State(p, seed, float(guidance), torch.empty(0), _text.content_ids(tokenizer, p.text),
+                                     generator))
+            todo = states
+            if self.options.check_source:
+                flagged = self._check(ctx, states, [st.prompt.text for st in states])
+                for st, hit in zip(states, flagged, strict=True):
+                    if hit:
+                        st.done, st.text, st.flagged_at = True, st.prompt.text, -1
+                todo = [st for st in states if not st.done]
+            if todo:
+                self._targets(ctx, todo)
+                self._attack_batch(ctx, todo, budget)
+            seconds = (time.perf_counter() - start) / len(chunk)
+            for st in states:
+                target = 1 if st.flagged_at != -1 else 0
+                queries = st.iterations + st.checks + target
+                ids, cut = _text.layout(tokenizer, _text.content_ids(tokenizer, st.text))
+                meta = {"flagged_at": st.flagged_at, "iterations": st.iterations, "checks": st.checks,
+                        "adaptive": self.options.adaptive, "tokens": budget["tokens"],
+                        "budget": {k: budget[k] for k in ("iterations", "check_every")},
+                        "truncated_tokens": cut,
+                        # BPE vocabularies may re-tokenize decoded tokens differently from the optimised ids
+                        "retokenizes_same": None if st.optimised_ids is None else ids == st.optimised_ids}
+                outputs[st.prompt.id] = AttackOutput(st.prompt.id, st.text, seconds=seconds, queries=queries,
+                                                     meta=meta)
+            bar.update(len(chunk))
+        bar.close()
+        return [outputs[p.id] for p in prompts]

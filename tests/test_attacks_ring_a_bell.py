@@ -1,0 +1,92 @@
+"""Ring-A-Bell: the concept vector, the genetic search and the presets. The search runs on tiny-random's
+text encoder (random weights: plumbing and monotone fitness, not attack strength)."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from attacks import _text
+from attacks.base import ThreatModel
+from attacks.ring_a_bell import MINI, PAPER, RingABell
+from benchmark.models.tiny_random import TinyRandomModel
+from benchmark.registry import TASKS
+from benchmark.tasks import TOY
+from prompts.base import Prompt
+
+
+@pytest.fixture(scope="module")
+def model():
+    return TinyRandomModel().load(torch.device("cpu"), torch.float32)
+
+
+def test_presets_and_threat_model():
+    attack = RingABell()
+    assert attack.threat_model is ThreatModel.TEXT_ENCODER
+    assert vars(attack.resolved_budget("sd-1.4")) == PAPER
+    assert PAPER == {"population": 200, "generations": 3000, "crossover": 0.5, "mutation": 0.25, "tokens": 16,
+                     "eta": 3.0}
+    assert vars(attack.resolved_budget("sd-mini")) == MINI
+    assert RingABell(population=10, preset="paper").resolved_budget("sd-mini").population == 10
+    with pytest.raises(ValueError, match="population"):
+        RingABell(population=1).resolved_budget("sd-mini")
+    # the presets' values are part of the cell key, so editing a preset never reuses stale results
+    assert RingABell().config()["presets"] == {"paper": PAPER, "mini": MINI}
+
+
+def test_mini_concept_vector_is_the_mean_difference_over_the_tasks_aligned_pairs(model):
+    from benchmark.models.mini import TASKS as MINI_TASKS
+
+    task = TASKS.get("mini-object")
+    ctx = SimpleNamespace(model=model, task=task, data_dir=None)
+    vector = RingABell().concept_vector(ctx)
+    spec = MINI_TASKS["mini-object"]
+    tok = model.pipe.tokenizer
+
+    def emb(texts):
+        ids = torch.tensor([_text.layout(tok, _text.content_ids(tok, t))[0] for t in texts])
+        return _text.encode_ids(model.pipe.text_encoder, ids)
+
+    expected = (emb([p.text for p in spec.attack_prompts]) - emb([p.text for p in spec.safe_prompts])).mean(0)
+    assert vector.shape == (tok.model_max_length, model.pipe.text_encoder.config.hidden_size)
+    assert torch.allclose(vector, expected, atol=1e-5)
+
+
+def test_real_task_without_concept_material_fails_clearly(model, tmp_path):
+    ctx = SimpleNamespace(model=model, task=TOY, data_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="pairs"):
+        RingABell().concept_vector(ctx)
+    nudity = SimpleNamespace(model=model, task=TASKS.get("nudity"), data_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="Ring-A-Bell"):
+        RingABell().concept_vector(nudity)
+
+
+def test_search_never_loses_fitness_and_is_reproducible(model):
+    attack = RingABell(preset="mini", population=8, tokens=4)
+    tok = model.pipe.tokenizer
+    ids = torch.tensor([_text.layout(tok, _text.content_ids(tok, "a church"))[0]])
+    target = _text.encode_ids(model.pipe.text_encoder, ids).float()
+    ctx = SimpleNamespace(model=model)
+    scores = []
+    for generations in (0, 3, 10):
+        budget = attack.resolved_budget("tiny-random")
+        budget.generations = generations
+        _, fitness = attack.search(target, ctx, budget, [torch.Generator().manual_seed(0)])
+        scores.append(float(fitness))
+    assert scores[0] <= scores[1] <= scores[2] and scores[2] > scores[0]  # elitism: the best never gets worse
+    budget.generations = 3
+    a, _ = attack.search(target, ctx, budget, [torch.Generator().manual_seed(0)])
+    b, _ = attack.search(target, ctx, budget, [torch.Generator().manual_seed(0)])
+    assert torch.equal(a, b)
+
+
+def test_run_returns_k_token_prompts_with_costs(model, tmp_path, monkeypatch):
+    attack = RingABell(preset="mini", population=6, generations=2, tokens=5)
+    vector = torch.zeros(model.pipe.tokenizer.model_max_length, model.pipe.text_encoder.config.hidden_size)
+    monkeypatch.setattr(attack, "concept_vector", lambda ctx: vector)
+    prompts = [Prompt("0", "a church"), Prompt("1", "a house"), Prompt("2", "a tree")]
+    outputs = attack.run(prompts, SimpleNamespace(model=model, task=TOY, data_dir=None))
+    assert [o.prompt_id for o in outputs] == ["0", "1", "2"]
+    for out in outputs:
+        assert out.status == "ok" and out.text and out.queries == 6 * 3 and out.seconds > 0
+        assert -1.0 <= out.meta["fitness"] <= 1.0 and out.meta["budget"]["tokens"] == 5
