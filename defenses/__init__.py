@@ -1,3 +1,12 @@
 """Defenses, one module each; importing this package registers them."""
 
-from defenses import negative_prompt, none, saferedir  # noqa: F401
+from defenses import (  # noqa: F401
+    checkpoint,
+    esd,
+    filter,
+    negative_prompt,
+    none,
+    saferedir,
+    sld,
+    uce,
+)
