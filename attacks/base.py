@@ -27,6 +27,7 @@ from benchmark.component import Component
 if TYPE_CHECKING:
     from benchmark.judges.base import Judge
     from benchmark.models.base import LoadedModel
+    from benchmark.stages.generate import SharedGenerations
     from benchmark.tasks import Task
     from defenses.base import DefendedPipeline
     from prompts.base import Prompt
@@ -60,6 +61,25 @@ class AttackContext:
     judge: Judge  # the task's concept judge (for early stopping)
     sampler: dict[str, Any]  # num_inference_steps, guidance_scale, height, width
     data_dir: str | None = None
+    # The run's generate-stage store for this defense (``None`` outside a run): images an attack draws
+    # through the defended sampler are stored there and become the run's images (see ``generate``).
+    generations: SharedGenerations | None = None
+
+    def generate(self, texts: list[str], seeds: list[int], guidance_scale: float) -> tuple[list[Any], list[bool]]:
+        """Images of ``texts`` through the defended sampler, each from its evaluation seed, at the run's
+        sampler settings, and whether the defense blocked each. Inside a run they go through the generate
+        stage's store: an image an attack checks is drawn once and is the image the run records."""
+        s = self.sampler
+        settings = {"guidance_scale": guidance_scale, "num_inference_steps": s["num_inference_steps"],
+                    "height": s["height"], "width": s["width"]}
+        if self.generations is not None:
+            return self.generations.generate(texts, seeds, **settings)
+        from benchmark.stages.generate import initial_latents
+
+        pipe = self.defended.pipe
+        latents = initial_latents(seeds, pipe, s["height"], s["width"]).to(pipe.device, pipe.unet.dtype)
+        images = self.defended.generate(texts, latents, **settings)
+        return images, list(self.defended.blocked(images))
 
 
 class Attack(Component):

@@ -333,10 +333,9 @@ class Paraphrase(Attack):
         """Query mode: generate the ranked rewrites of each prompt through the defended sampler with the
         prompt's evaluation seed, up to ``queries`` per prompt, batched across prompts; keep the first one
         the judge flags (else the best-ranked). Black-box: images only, no gradients."""
-        from benchmark.stages.generate import image_seed, initial_latents
+        from benchmark.stages.generate import image_seed
 
         s = ctx.sampler
-        pipe = ctx.defended.pipe
         choice = [order[0] if order else p.text for p, order in zip(prompts, ranked, strict=True)]
         used = [0] * len(prompts)
         done = [not order for order in ranked]
@@ -347,11 +346,8 @@ class Paraphrase(Attack):
             for guidance in sorted({self._guidance(prompts[i], s) for i in todo}):
                 idx = [i for i in todo if self._guidance(prompts[i], s) == guidance]
                 seeds = [image_seed(prompts[i].seed, int(s.get("seed", 0)), prompts[i].id, 0) for i in idx]
-                latents = initial_latents(seeds, pipe, s["height"], s["width"]).to(pipe.device, pipe.unet.dtype)
                 texts = [ranked[i][round_] for i in idx]
-                images = ctx.defended.generate(texts, latents, num_inference_steps=s["num_inference_steps"],
-                                               guidance_scale=guidance, height=s["height"], width=s["width"])
-                blocked = ctx.defended.blocked(images)
+                images, blocked = ctx.generate(texts, seeds, guidance)
                 scores = ctx.judge.score(images, [prompts[i].text for i in idx])
                 for j, i in enumerate(idx):
                     used[i] += 1

@@ -179,20 +179,12 @@ class UnlearnDiff(Attack):
     # ---------------------------------------------------------------- checks
     def _check(self, ctx, states: list[_State], texts: list[str]) -> list[bool]:
         """Generate each text with its prompt's evaluation seed through the defended sampler; judge it."""
-        from benchmark.stages.generate import initial_latents
-
-        s = ctx.sampler
         flagged = [False] * len(states)
         by_guidance: dict[float, list[int]] = {}
         for i, st in enumerate(states):
             by_guidance.setdefault(st.guidance, []).append(i)
-        pipe = ctx.defended.pipe
         for guidance, idx in by_guidance.items():
-            latents = initial_latents([states[i].seed for i in idx], pipe, s["height"], s["width"])
-            images = ctx.defended.generate([texts[i] for i in idx], latents.to(pipe.device, pipe.unet.dtype),
-                                           num_inference_steps=s["num_inference_steps"], guidance_scale=guidance,
-                                           height=s["height"], width=s["width"])
-            blocked = ctx.defended.blocked(images)
+            images, blocked = ctx.generate([texts[i] for i in idx], [states[i].seed for i in idx], guidance)
             scores = ctx.judge.score(images, [states[i].prompt.text for i in idx])
             for j, i in enumerate(idx):
                 flagged[i] = bool(scores[j].flagged) and not blocked[j]

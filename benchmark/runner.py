@@ -16,7 +16,7 @@ from benchmark.records import COLUMNS
 from benchmark.registry import ATTACKS, DEFENSES, JUDGES, PROMPT_SETS, TASKS, load_plugin
 from benchmark.stages import StageCounter
 from benchmark.stages.attack import run_attack
-from benchmark.stages.generate import GenCell, generate_cells, generate_key, image_seed
+from benchmark.stages.generate import GenCell, SharedGenerations, generate_cells, generate_key, image_seed
 from benchmark.stages.judge import judge_cells
 from benchmark.stages.prepare import prepare_defense
 from benchmark.store import CellStore, atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -136,7 +136,9 @@ def execute(config: RunConfig) -> RunSummary:
     counters = {s: StageCounter(s) for s in ("prepare", "attack", "generate", "judge")}
     sampler = config.sampler
     sampler_dict = {"num_inference_steps": sampler.num_inference_steps, "guidance_scale": sampler.guidance_scale,
-                    "height": sampler.height, "width": sampler.width}
+                    "height": sampler.height, "width": sampler.width,
+                    # the base seed: attacks that check images draw them from the run's evaluation seeds
+                    "seed": sampler.seed}
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     prepare_seconds: dict[str, float] = {}
@@ -157,6 +159,7 @@ def execute(config: RunConfig) -> RunSummary:
                                                                       counters["prepare"])
             prepare_seconds[defense_key] = float(prepare_meta.get("prepare_seconds", 0.0))
             defended = defense.apply(model, task, artifact_dir)
+            shared = SharedGenerations(defended, store, model.key, defense_key, config.device, config.dtype)
             try:
                 cells: list[tuple[GenCell, dict]] = []
                 for attack_name in config.attacks:
@@ -166,7 +169,7 @@ def execute(config: RunConfig) -> RunSummary:
                                      f"({attack.threat_model.value}) does not apply")
                         continue
                     ctx = AttackContext(model=model, defended=defended, task=task, judge=concept_judge,
-                                        sampler=sampler_dict, data_dir=config.data_dir)
+                                        sampler=sampler_dict, data_dir=config.data_dir, generations=shared)
                     results = run_attack(attack, attack_prompts, ctx, store, model.key, defense_key,
                                          counters["attack"])
                     for prompt in attack_prompts:
@@ -177,6 +180,8 @@ def execute(config: RunConfig) -> RunSummary:
                              "embeds_path": None, "meta": {}}
                     cells += _cells_for(prompt, plain, "benign", benign_set, "none", task, defense_name,
                                         defense_key, config, model)
+                # Images the attacks already drew (and judged) are in the store: counted as computed once.
+                counters["generate"].computed += shared.computed
                 generate_cells(defended, [c for c, _ in cells], store, sampler.batch_size, counters["generate"],
                                desc=f"generate {task.name}/{defense_name}")
             finally:

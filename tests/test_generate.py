@@ -52,3 +52,37 @@ def test_negative_prompt_changes_the_image(model):
     a = _generate(plain, ["a church"], [5])[0]
     b = _generate(negative, ["a church"], [5])[0]
     assert np.abs(a - b).max() > 0
+
+
+def test_images_an_attack_draws_are_the_generate_stages_cells(model, tmp_path):
+    """An attack's judge checks go through the generate stage's store: the second request for the same
+    (text, seed, sampler) reads the stored image instead of drawing it again, and the generate stage finds
+    the cell done, so the run records the very image the attack judged."""
+    from benchmark.stages import StageCounter
+    from benchmark.stages.generate import GenCell, SharedGenerations, generate_cells, generate_key
+    from benchmark.store import CellStore
+
+    store = CellStore(tmp_path)
+    defended = DefendedPipeline(model, None, TOY)
+    shared = SharedGenerations(defended, store, model.key, "none-key", "cpu", "float32")
+    settings = {"guidance_scale": 5.0, "num_inference_steps": 3, "height": 32, "width": 32}
+    texts, seeds = ["a church", "a dog", "a church"], [11, 12, 11]
+    first, blocked = shared.generate(texts, seeds, **settings)
+    assert shared.computed == 2 and shared.cached == 0  # the duplicate (text, seed) is drawn once
+    assert blocked == [False, False, False]
+    direct = _generate(defended, texts[:2], seeds[:2])
+    for image, expected in zip(first[:2], direct, strict=True):
+        assert np.abs(np.asarray(image, dtype=np.int16) - expected).max() <= 1
+    again, _ = shared.generate(texts[:1], seeds[:1], **settings)
+    assert shared.computed == 2 and shared.cached == 1
+    assert np.array_equal(np.asarray(again[0]), np.asarray(first[0]))
+
+    cell = GenCell(task="toy", defense="none", attack="x", role="attack", prompt_set="s", prompt_id="p",
+                   source_prompt="a church", adversarial_prompt="a church", embeds_path=None, attack_status="ok",
+                   seed=11, image_index=0, guidance_scale=5.0, num_inference_steps=3, height=32, width=32,
+                   truncated=False, defense_key="none-key")
+    cell.key = generate_key(cell, model.key, "cpu", "float32", None)
+    counter = StageCounter("generate")
+    generate_cells(defended, [cell], store, 4, counter, desc="test")
+    assert (counter.computed, counter.cached) == (0, 1)
+    assert store.read_json("generate", cell.key)["origin"] == "attack"

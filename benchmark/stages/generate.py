@@ -62,13 +62,22 @@ def image_seed(prompt_seed: int | None, base_seed: int, prompt_id: str, image_in
     return (seed + image_index) % (2**63)
 
 
-def generate_key(cell: GenCell, model_key: str, device: str, dtype: str, embeds_hash: str | None) -> str:
+def image_key(*, model_key: str, defense_key: str, text: str | None, embeds_hash: str | None, seed: int,
+              guidance: float, steps: int, height: int, width: int, device: str, dtype: str) -> str:
+    """What an image is a function of: the same key is the same image, whichever stage drew it."""
     return stable_hash({
-        "stage": "generate", "model": model_key, "defense": cell.defense_key,
-        "text": cell.adversarial_prompt if embeds_hash is None else None, "embeds": embeds_hash,
-        "seed": cell.seed, "guidance": cell.guidance_scale, "steps": cell.num_inference_steps,
-        "height": cell.height, "width": cell.width, "device": device, "dtype": dtype,
+        "stage": "generate", "model": model_key, "defense": defense_key,
+        "text": text if embeds_hash is None else None, "embeds": embeds_hash,
+        "seed": seed, "guidance": guidance, "steps": steps,
+        "height": height, "width": width, "device": device, "dtype": dtype,
     })
+
+
+def generate_key(cell: GenCell, model_key: str, device: str, dtype: str, embeds_hash: str | None) -> str:
+    return image_key(model_key=model_key, defense_key=cell.defense_key, text=cell.adversarial_prompt,
+                     embeds_hash=embeds_hash, seed=cell.seed, guidance=cell.guidance_scale,
+                     steps=cell.num_inference_steps, height=cell.height, width=cell.width, device=device,
+                     dtype=dtype)
 
 
 def initial_latents(seeds: list[int], pipe, height: int, width: int) -> torch.Tensor:
@@ -123,14 +132,84 @@ def generate_cells(defended, cells: list[GenCell], store: CellStore, batch_size:
             per_image = (time.perf_counter() - began) / len(batch)
             triggered = defended.triggered() or [None] * len(batch)
             for cell, image, is_blocked, trig in zip(batch, images, blocked, triggered, strict=True):
-                image_path = store.write_png("generate", cell.key, image)
-                store.write_json("generate", cell.key, {
-                    "image_path": image_path, "generate_seconds": per_image, "blocked": bool(is_blocked),
-                    "batch_size": len(batch), "defense_triggered": None if trig is None else bool(trig),
-                })
+                write_generation(store, cell.key, image, per_image, bool(is_blocked), len(batch), trig)
                 counter.computed += 1
             bar.update(len(batch))
     bar.close()
+
+
+def write_generation(store: CellStore, key: str, image, seconds: float, blocked: bool, batch_size: int,
+                     triggered: bool | None, origin: str = "generate") -> None:
+    """One generated image: the PNG first, then the JSON sidecar that marks the cell done."""
+    image_path = store.write_png("generate", key, image)
+    store.write_json("generate", key, {
+        "image_path": image_path, "generate_seconds": seconds, "blocked": blocked, "batch_size": batch_size,
+        "defense_triggered": None if triggered is None else bool(triggered), "origin": origin,
+    })
+
+
+@dataclass
+class SharedGenerations:
+    """The generate stage's store, opened to attacks that judge images of the defended model.
+
+    UnlearnDiff's judge checks and paraphrase's queries generate a prompt through the defended sampler with
+    its evaluation seed: exactly an image the generate stage would draw later (the check of the source
+    prompt is the ASR(none) image; the last check is the attack's own image). Through this object they
+    read and write those images under the generate stage's keys, so each is drawn once, and the image the
+    record holds is the one the attack's judge saw (not a redraw in another batch, equal only up to float
+    tolerance).
+    """
+
+    defended: Any
+    store: CellStore
+    model_key: str
+    defense_key: str
+    device: str
+    dtype: str
+    computed: int = 0
+    cached: int = 0
+
+    def generate(self, texts: list[str], seeds: list[int], *, guidance_scale: float, num_inference_steps: int,
+                 height: int, width: int) -> tuple[list[Any], list[bool]]:
+        """Images and blocked flags for ``texts`` with their seeds; stored ones are read, the rest drawn in
+        one batch and stored."""
+        from PIL import Image
+
+        keys = [image_key(model_key=self.model_key, defense_key=self.defense_key, text=t, embeds_hash=None,
+                          seed=s, guidance=guidance_scale, steps=num_inference_steps, height=height, width=width,
+                          device=self.device, dtype=self.dtype) for t, s in zip(texts, seeds, strict=True)]
+        images: list[Any] = [None] * len(texts)
+        blocked = [False] * len(texts)
+        todo: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            if self.store.exists("generate", key, "json"):
+                meta = self.store.read_json("generate", key)
+                with Image.open(self.store.resolve(meta["image_path"])) as stored:
+                    images[i] = stored.convert("RGB")
+                blocked[i] = bool(meta["blocked"])
+                self.cached += 1
+            else:
+                todo.setdefault(key, []).append(i)
+        if todo:
+            first = [idx[0] for idx in todo.values()]
+            pipe = self.defended.pipe
+            latents = initial_latents([seeds[i] for i in first], pipe, height, width)
+            began = time.perf_counter()
+            drawn = self.defended.generate([texts[i] for i in first],
+                                           latents.to(device=pipe.device, dtype=pipe.unet.dtype),
+                                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                           height=height, width=width)
+            drawn_blocked = self.defended.blocked(drawn)
+            per_image = (time.perf_counter() - began) / len(first)
+            triggered = self.defended.triggered() or [None] * len(first)
+            for (key, idx), image, is_blocked, trig in zip(todo.items(), drawn, drawn_blocked, triggered,
+                                                           strict=True):
+                write_generation(self.store, key, image, per_image, bool(is_blocked), len(first), trig,
+                                 origin="attack")
+                self.computed += 1
+                for i in idx:
+                    images[i], blocked[i] = image, bool(is_blocked)
+        return images, blocked
 
 
 def _load_embeds(store: CellStore, relpath: str) -> torch.Tensor:
