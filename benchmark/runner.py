@@ -59,7 +59,11 @@ def resolve(config: RunConfig) -> tuple[RunConfig, Any]:
         raise ConfigError(f"model '{config.model}' has no default task: pass --task")
     for task in config.tasks:
         TASKS.entry(task)
+    asked_all_defenses = "all" in config.defenses
     config.defenses = expand(config.defenses, DEFENSES)
+    if asked_all_defenses:  # "all" leaves out defenses that need user-supplied data (a checkpoint path)
+        config.defenses = [d for d in config.defenses if d in config.defense_options
+                           or getattr(DEFENSES.get(d), "runs_without_options", True)]
     asked_all = "all" in config.attacks
     config.attacks = expand(config.attacks, ATTACKS)
     if asked_all:  # "all" means every attack that can run without user-supplied data

@@ -149,6 +149,8 @@ class Defense(Component):
 
     kind: ClassVar[DefenseKind] = DefenseKind.INFERENCE_TIME
     supported_models: ClassVar[tuple[str, ...]] = ("*",)
+    # False for defenses that need user-supplied data (a checkpoint path); ``--defense all`` leaves them out.
+    runs_without_options: ClassVar[bool] = True
     # Whether gradients w.r.t. the prompt embedding flow through the defended sampler; white-box
     # attacks need it to be adaptive. A hard switch (a classifier's decision) can still pass gradients
     # through the branch it took.

@@ -33,3 +33,15 @@ def test_weight_edit_and_sld_defenses_run_and_cache(tmp_path):
     assert Path(second.stdout.strip().splitlines()[-1]) == run_dir
     assert "prepare: 0 computed, 4 cached" in second.stdout
     assert "generate: 0 computed" in second.stdout
+
+
+def test_all_defenses_leave_out_those_that_need_user_data():
+    from benchmark.config import RunConfig
+    from benchmark.runner import resolve
+
+    config, _ = resolve(RunConfig(model="tiny-random", tasks=["toy"], defenses=["all"], attacks=["none"]))
+    assert "checkpoint" not in config.defenses and {"none", "esd-x", "saferedir", "sld"} <= set(config.defenses)
+    # asked for by name (with its options), it runs
+    named, _ = resolve(RunConfig(model="tiny-random", tasks=["toy"], defenses=["checkpoint"], attacks=["none"],
+                                 defense_options={"checkpoint": {"path": "x.safetensors"}}))
+    assert "checkpoint" in named.defenses
