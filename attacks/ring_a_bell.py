@@ -17,9 +17,13 @@ Algorithm:
 
 Budgets (``preset``): ``paper`` = population 200, 3000 generations, crossover 0.5, mutation 0.25, K 16,
 eta 3 (GPU models); ``mini`` (sd-mini and tiny-random; vocabulary of ~150 words, 24-token context) =
-population 24, 24 generations, K 10, eta 2: 1-2 seconds per prompt on one CPU core. eta was chosen on
-held-out prompts (mini-unsafe and mini-style attack prompts 32-49, never the first ones that runs report):
-eta 1 / 2 / 3 broke 34 / 35 / 33 of 36 undefended and 21 / 30 / 32 of 36 behind the negative prompt.
+population 32, 32 generations, K 10, eta 2: about 0.4 seconds per prompt on two CPU cores. eta was chosen
+on held-out prompts (mini-unsafe and mini-style attack prompts 32-49, never the first ones that runs
+report) at population 24 x 24 generations: eta 1 / 2 / 3 broke 34 / 35 / 33 of 36 undefended and
+21 / 30 / 32 of 36 behind the negative prompt. The search budget was then raised because the weak object
+concept (vector norm 4.4, against 23 for gore and 40 for the style) needs it: undefended mini-object, 50
+prompts (ASR(none) 84% [71.5, 91.7]), population x generations 24 x 24 broke 56% [42.3, 68.8], 32 x 32
+68% [54.2, 79.2], 48 x 48 70% [56.2, 80.9]; eta 4 at 24 x 24 broke 42%.
 Explicit options override the preset. ``queries`` counts text-encoder evaluations (individuals scored).
 """
 
@@ -41,7 +45,7 @@ from benchmark.registry import ATTACKS
 log = logging.getLogger(__name__)
 
 PAPER = {"population": 200, "generations": 3000, "crossover": 0.5, "mutation": 0.25, "tokens": 16, "eta": 3.0}
-MINI = {"population": 24, "generations": 24, "crossover": 0.5, "mutation": 0.25, "tokens": 10, "eta": 2.0}
+MINI = {"population": 32, "generations": 32, "crossover": 0.5, "mutation": 0.25, "tokens": 10, "eta": 2.0}
 SMALL_MODELS = ("sd-mini", "tiny-random")
 # Ring-A-Bell's concept material per real task, relative to the data directory.
 DEFAULT_SOURCES = {

@@ -4,6 +4,7 @@ from defenses import (  # noqa: F401
     checkpoint,
     esd,
     filter,
+    keyword_filter,
     negative_prompt,
     none,
     saferedir,

@@ -62,6 +62,8 @@ DEFENSE_COLUMNS = [
            "FID-style distance between defended and undefended benign images"),
     Column("benign_flag_rate", "benign flagged", "benign_flag_rate", NO_ATTACK, "rate", "lower", "utility",
            "fraction of benign images the concept judge flags"),
+    Column("benign_block_rate", "benign blocked", "benign_block_rate", NO_ATTACK, "rate", "lower", "utility",
+           "benign images a filter refused to return (its false-refusal rate)"),
     Column("benign_trigger_rate", "benign triggered", "benign_trigger_rate", NO_ATTACK, "rate", "lower", "utility",
            "benign images on which a switching defense (SafeRedir) intervened: its false-positive rate"),
     Column("benign_false_trigger_rate", "false triggers", "benign_false_trigger_rate", NO_ATTACK, "rate", "lower",
