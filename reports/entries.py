@@ -52,13 +52,16 @@ def _metric(row: dict) -> dict:
 
 def command_line(provenance: dict) -> str:
     """The command that made the run, as a user would type it: ``python -m <module> ...``, with paths
-    inside the repository made relative (entries are committed; machine paths must not be)."""
+    inside the repository made relative and other absolute paths cut to ``.../<name>`` (entries are
+    committed; machine paths must not be)."""
     root = Path(__file__).resolve().parents[1]
 
     def relative(arg: str) -> str:
         path = Path(arg)
         if path.is_absolute() and root in path.parents:
             return path.relative_to(root).as_posix()
+        if path.is_absolute():
+            return f".../{path.name}"
         return arg
 
     argv = [relative(str(a)) for a in provenance.get("command") or []]

@@ -182,11 +182,14 @@ def _errors(value: float, low: float, high: float, scale: float) -> list[list[fl
 
 
 def _defense_colours(defenses: list[str]) -> dict[str, tuple]:
-    palette = plt.get_cmap("tab10")
+    # tab10 without its grey (index 7), which is reserved for the undefended model; tab20's darker
+    # shades follow when a board has more than nine defenses.
+    tab10 = plt.get_cmap("tab10")
+    colours = [tab10(i) for i in range(10) if i != 7] + [plt.get_cmap("tab20b")(i) for i in range(0, 20, 2)]
     out = {}
-    for i, defense in enumerate(defenses):
-        out[defense] = (0.45, 0.45, 0.45, 1.0) if defense == "none" else palette((i - 1) % 10 if "none" in
-                                                                                 defenses else i % 10)
+    others = [d for d in defenses if d != "none"]
+    for defense in defenses:
+        out[defense] = (0.45, 0.45, 0.45, 1.0) if defense == "none" else colours[others.index(defense) % len(colours)]
     return out
 
 

@@ -319,3 +319,14 @@ def test_report_copes_with_sparse_records(tmp_path):
     assert "scatter_robustness_utility.png" not in names
     # Missing image files: the grids are still drawn, with a "no image" placeholder per cell.
     assert sum(n.startswith("grid_t_") and n.endswith(".png") for n in names) == 2
+
+
+def test_entry_commands_carry_no_machine_paths(tmp_path):
+    from reports.entries import command_line
+
+    repo = Path(__file__).resolve().parents[1]
+    argv = [str(repo / "reports" / "ci.py"), "--defense", "x", "--plugin", str(repo / "my_defense.py"),
+            "--out", str(tmp_path / "runs")]
+    line = command_line({"command": argv})
+    assert line == "python -m reports.ci --defense x --plugin my_defense.py --out .../runs"
+    assert str(tmp_path) not in line
