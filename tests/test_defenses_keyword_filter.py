@@ -1,13 +1,17 @@
 """keyword-filter: prompts with a blocked word are refused (never sampled), others pass unchanged.
 Random weights (tiny-random): this checks the plumbing and the records, not image quality."""
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from benchmark.models.tiny_random import TinyRandomModel
 from benchmark.stages.generate import initial_latents
 from benchmark.tasks import TOY
+from conftest import run_cli
 from defenses.base import DefendedPipeline
 from defenses.keyword_filter import KeywordFilter, contains_word
 
@@ -40,14 +44,10 @@ def test_refuses_prompts_with_the_words_and_passes_the_rest(model):
 
 
 def test_block_rate_is_reported_for_a_filter(tmp_path):
-    from tests.conftest import run_cli
-
     result = run_cli("run", "--model", "tiny-random", "--task", "toy", "--defense", "keyword-filter",
                      "--attack", "none", "--max-prompts", "3", "--max-benign", "3", "--steps", "2",
                      "--out", str(tmp_path))
-    from pathlib import Path
 
-    import pandas as pd
 
     run_dir = Path(result.stdout.strip().splitlines()[-1])
     board = pd.read_csv(run_dir / "leaderboard.csv")
