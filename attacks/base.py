@@ -82,6 +82,26 @@ class AttackContext:
         return images, list(self.defended.blocked(images))
 
 
+# Models small enough for the CPU, on which attacks use their documented ``mini`` budgets.
+SMALL_MODELS = ("sd-mini", "tiny-random")
+
+
+def preset_budget(attack: str, preset: str, model_name: str | None, paper: dict[str, Any], mini: dict[str, Any],
+                  options: Any) -> dict[str, Any]:
+    """The budget of ``preset`` (``auto``: ``mini`` on :data:`SMALL_MODELS`, ``paper`` otherwise), with every
+    budget option the user set (not None) on top."""
+    if preset not in ("auto", "paper", "mini"):
+        raise ValueError(f"{attack}: preset must be auto, paper or mini, got {preset!r}")
+    if preset == "auto":
+        preset = "mini" if model_name in SMALL_MODELS else "paper"
+    budget = dict(mini if preset == "mini" else paper)
+    for key in budget:
+        value = getattr(options, key, None)
+        if value is not None:
+            budget[key] = value
+    return budget
+
+
 class Attack(Component):
     """Base class of attacks: set ``threat_model``, declare ``Options``, implement :meth:`run`."""
 

@@ -39,14 +39,13 @@ import torch
 from tqdm.auto import tqdm
 
 from attacks import _text
-from attacks.base import Attack, AttackOutput, ThreatModel
+from attacks.base import Attack, AttackOutput, ThreatModel, preset_budget
 from benchmark.registry import ATTACKS
 
 log = logging.getLogger(__name__)
 
 PAPER = {"population": 200, "generations": 3000, "crossover": 0.5, "mutation": 0.25, "tokens": 16, "eta": 3.0}
 MINI = {"population": 32, "generations": 32, "crossover": 0.5, "mutation": 0.25, "tokens": 10, "eta": 2.0}
-SMALL_MODELS = ("sd-mini", "tiny-random")
 # Ring-A-Bell's concept material per real task, relative to the data directory.
 DEFAULT_SOURCES = {
     "nudity": ("pairs", "Ring-A-Bell/data/Prompts_For_ConceptVector/Nudity_prompt.csv"),
@@ -87,17 +86,7 @@ class RingABell(Attack):
     Options = RingABellOptions
 
     def resolved_budget(self, model_name: str | None = None) -> Budget:
-        preset = self.options.preset
-        if preset not in ("auto", "paper", "mini"):
-            raise ValueError(f"ring-a-bell: preset must be auto, paper or mini, got {preset!r}")
-        if preset == "auto":
-            preset = "mini" if model_name in SMALL_MODELS else "paper"
-        base = dict(MINI if preset == "mini" else PAPER)
-        for key in base:
-            value = getattr(self.options, key)
-            if value is not None:
-                base[key] = value
-        budget = Budget(**base)
+        budget = Budget(**preset_budget("ring-a-bell", self.options.preset, model_name, PAPER, MINI, self.options))
         if budget.population < 2 or budget.generations < 0 or budget.tokens < 1:
             raise ValueError(f"ring-a-bell: population >= 2, generations >= 0, tokens >= 1 needed; got {budget}")
         return budget

@@ -47,14 +47,13 @@ import torch
 from tqdm.auto import tqdm
 
 from attacks import _text
-from attacks.base import Attack, AttackOutput, ThreatModel
+from attacks.base import Attack, AttackOutput, ThreatModel, preset_budget
 from benchmark.registry import ATTACKS
 
 log = logging.getLogger(__name__)
 
 PAPER = {"iterations": 40, "check_every": 1}
 MINI = {"iterations": 20, "check_every": 10}
-SMALL_MODELS = ("sd-mini", "tiny-random")
 NUDITY_LIKE = ("nudity", "mini-unsafe")  # k = 5; style and object tasks: k = 3
 
 
@@ -104,15 +103,7 @@ class UnlearnDiff(Attack):
     Options = UnlearnDiffOptions
 
     def resolved(self, model_name: str | None, task_name: str) -> dict[str, Any]:
-        preset = self.options.preset
-        if preset not in ("auto", "paper", "mini"):
-            raise ValueError(f"unlearndiff: preset must be auto, paper or mini, got {preset!r}")
-        if preset == "auto":
-            preset = "mini" if model_name in SMALL_MODELS else "paper"
-        budget = dict(MINI if preset == "mini" else PAPER)
-        for key in budget:
-            if getattr(self.options, key) is not None:
-                budget[key] = getattr(self.options, key)
+        budget = preset_budget("unlearndiff", self.options.preset, model_name, PAPER, MINI, self.options)
         budget["tokens"] = self.options.tokens or (5 if task_name in NUDITY_LIKE else 3)
         if budget["iterations"] < 0 or budget["check_every"] < 1 or budget["tokens"] < 1:
             raise ValueError(f"unlearndiff: iterations >= 0, check_every >= 1, tokens >= 1 needed; got {budget}")
