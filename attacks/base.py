@@ -74,12 +74,10 @@ class AttackContext:
                     "height": s["height"], "width": s["width"]}
         if self.generations is not None:
             return self.generations.generate(texts, seeds, **settings)
-        from benchmark.stages.generate import initial_latents
+        from benchmark.stages.generate import draw
 
-        pipe = self.defended.pipe
-        latents = initial_latents(seeds, pipe, s["height"], s["width"]).to(pipe.device, pipe.unet.dtype)
-        images = self.defended.generate(texts, latents, **settings)
-        return images, list(self.defended.blocked(images))
+        images, blocked, _, _ = draw(self.defended, seeds, prompts=texts, **settings)
+        return images, blocked
 
 
 # Models small enough for the CPU, on which attacks use their documented ``mini`` budgets.

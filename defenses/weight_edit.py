@@ -8,7 +8,7 @@ An edit is a flat ``{"unet.<param>" | "text_encoder.<param>": tensor}`` mapping.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -137,12 +137,6 @@ class WeightEditPipeline(DefendedPipeline):
         if hasattr(self.pipe, self.ACTIVE):
             delattr(self.pipe, self.ACTIVE)
         self._uncond_cache = None
-
-
-def state_of(pipe, keys: Iterable[str]) -> dict[str, torch.Tensor]:
-    """Detached CPU float32 copies of the named parameters."""
-    cache: dict[str, dict[str, torch.Tensor]] = {}
-    return {key: parameter(pipe, key, cache).detach().to("cpu", torch.float32).clone() for key in keys}
 
 
 # ---------------------------------------------------------------------------------------------- export

@@ -117,25 +117,37 @@ def generate_cells(defended, cells: list[GenCell], store: CellStore, batch_size:
     for (guidance, steps, height, width, uses_embeds), group in groups.items():
         for start in range(0, len(group), batch_size):
             batch = group[start:start + batch_size]
-            latents = initial_latents([c.seed for c in batch], pipe, height, width)
-            latents = latents.to(device=pipe.device, dtype=pipe.unet.dtype)
             prompts, embeds = None, None
             if uses_embeds:
                 embeds = torch.stack([_load_embeds(store, c.embeds_path) for c in batch])
                 embeds = embeds.to(device=pipe.device, dtype=pipe.text_encoder.dtype)
             else:
                 prompts = [c.adversarial_prompt for c in batch]
-            began = time.perf_counter()
-            images = defended.generate(prompts, latents, prompt_embeds=embeds, num_inference_steps=steps,
-                                       guidance_scale=guidance, height=height, width=width)
-            blocked = defended.blocked(images)
-            per_image = (time.perf_counter() - began) / len(batch)
-            triggered = defended.triggered() or [None] * len(batch)
+            images, blocked, per_image, triggered = draw(
+                defended, [c.seed for c in batch], prompts=prompts, prompt_embeds=embeds,
+                guidance_scale=guidance, num_inference_steps=steps, height=height, width=width)
             for cell, image, is_blocked, trig in zip(batch, images, blocked, triggered, strict=True):
-                write_generation(store, cell.key, image, per_image, bool(is_blocked), len(batch), trig)
+                write_generation(store, cell.key, image, per_image, is_blocked, len(batch), trig)
                 counter.computed += 1
             bar.update(len(batch))
     bar.close()
+
+
+def draw(defended, seeds: list[int], *, prompts: list[str] | None = None, prompt_embeds: torch.Tensor | None = None,
+         guidance_scale: float, num_inference_steps: int, height: int, width: int,
+         ) -> tuple[list[Any], list[bool], float, list[bool | None]]:
+    """One batch through the defended sampler, each image from its own seed. Returns the images, whether
+    the defense blocked each, the wall seconds per image (sampling and filtering), and per image whether a
+    switching defense intervened (None: it has no switch)."""
+    pipe = defended.pipe
+    latents = initial_latents(seeds, pipe, height, width).to(device=pipe.device, dtype=pipe.unet.dtype)
+    began = time.perf_counter()
+    images = defended.generate(prompts, latents, prompt_embeds=prompt_embeds, num_inference_steps=num_inference_steps,
+                               guidance_scale=guidance_scale, height=height, width=width)
+    blocked = [bool(b) for b in defended.blocked(images)]
+    per_image = (time.perf_counter() - began) / len(seeds)
+    triggered = defended.triggered() or [None] * len(seeds)
+    return images, blocked, per_image, triggered
 
 
 def write_generation(store: CellStore, key: str, image, seconds: float, blocked: bool, batch_size: int,
@@ -192,23 +204,15 @@ class SharedGenerations:
                 todo.setdefault(key, []).append(i)
         if todo:
             first = [idx[0] for idx in todo.values()]
-            pipe = self.defended.pipe
-            latents = initial_latents([seeds[i] for i in first], pipe, height, width)
-            began = time.perf_counter()
-            drawn = self.defended.generate([texts[i] for i in first],
-                                           latents.to(device=pipe.device, dtype=pipe.unet.dtype),
-                                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                                           height=height, width=width)
-            drawn_blocked = self.defended.blocked(drawn)
-            per_image = (time.perf_counter() - began) / len(first)
-            triggered = self.defended.triggered() or [None] * len(first)
+            drawn, drawn_blocked, per_image, triggered = draw(
+                self.defended, [seeds[i] for i in first], prompts=[texts[i] for i in first],
+                guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, height=height, width=width)
             for (key, idx), image, is_blocked, trig in zip(todo.items(), drawn, drawn_blocked, triggered,
                                                            strict=True):
-                write_generation(self.store, key, image, per_image, bool(is_blocked), len(first), trig,
-                                 origin="attack")
+                write_generation(self.store, key, image, per_image, is_blocked, len(first), trig, origin="attack")
                 self.computed += 1
                 for i in idx:
-                    images[i], blocked[i] = image, bool(is_blocked)
+                    images[i], blocked[i] = image, is_blocked
         return images, blocked
 
 
