@@ -140,6 +140,49 @@ def test_smoke_training_exports_loadable_pipeline(smoke_weights):
     assert len(ims) == 2 and ims[0].size == (64, 64)
 
 
+def test_training_continues_an_exported_model(smoke_weights, tmp_path):
+    """--init-from starts a new UNet cycle from an export (no checkpoint folder needed): the VAE and judges are the
+    export's byte for byte, the UNet starts from the export's weights and the step count adds up."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    from benchmark.models.mini import train
+
+    out = tmp_path / "out2"
+    train.main(["--out", str(out), "--ckpt", str(tmp_path / "ck"), "--init-from", str(smoke_weights),
+                "--stages", "data,unet,export", "--max-steps", "2", "--n-latents", "64", "--n-judge", "8",
+                "--batch", "4", "--threads", "2", "--lr", "0"])
+    info = json.loads((out / "train_info.json").read_text())
+    assert info["unet_steps"] == 4 and [c["steps"] for c in info["unet_cycles"]] == [2, 2]
+    for name in ("detector", "clip"):
+        a, b = load_file(smoke_weights / name / "model.safetensors"), load_file(out / name / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # with lr 0 the continued UNet is the exported one (EMA of unchanged weights), up to the fp16 round trip
+    u0 = UNet2DConditionModel.from_pretrained(smoke_weights / "pipeline" / "unet").state_dict()
+    u1 = UNet2DConditionModel.from_pretrained(out / "pipeline" / "unet").state_dict()
+    assert all(torch.allclose(u0[k].float(), u1[k].float(), atol=1e-3) for k in u0)
+
+
+def test_init_from_refuses_a_foreign_model(smoke_weights, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from benchmark.models.mini import train
+
+    bad = tmp_path / "bad"
+    shutil.copytree(smoke_weights, bad)
+    f = bad / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"
+    sd = load_file(f)
+    sd.pop(next(iter(sd)))
+    save_file(sd, f)
+    with pytest.raises(SystemExit, match="does not match"):
+        train.main(["--out", str(tmp_path / "o"), "--ckpt", str(tmp_path / "ck"), "--init-from", str(bad),
+                    "--stages", "data,unet", "--max-steps", "1", "--n-latents", "8", "--n-judge", "8",
+                    "--batch", "2", "--threads", "1"])
+
+
 def test_smoke_judges(smoke_weights):
     from benchmark.models.mini.judges import ClipMini, MiniDetector
 

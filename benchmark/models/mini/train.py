@@ -344,6 +344,13 @@ def stage_unet(args, ck: Path, tokenizer):
     ema_u, ema_t = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(te).requires_grad_(False)
     state_path = ck / "unet_state.pt"
     step, elapsed, ema_start = 0, 0.0, 0
+    prior = {"steps": 0, "minutes": 0.0}  # training done before this cycle (when continuing an export)
+    if not state_path.exists() and args.init_from is not None:
+        prior = init_unet_from_export(args.init_from, unet, te)
+        ema_u.load_state_dict(unet.state_dict())
+        ema_t.load_state_dict(te.state_dict())
+        log(f"unet: continuing the exported model in {args.init_from} "
+            f"({prior['steps']} steps, {prior['minutes']:.0f} min before this cycle)")
     if state_path.exists():
         st = torch.load(state_path, weights_only=False)
         unet.load_state_dict(st["unet"])
@@ -355,6 +362,7 @@ def stage_unet(args, ck: Path, tokenizer):
         g.set_state(st["g"])
         rng.setstate(st["rng"])
         ema_start = st.get("ema_start", 0)
+        prior = st.get("prior", prior)
         log(f"unet: resumed at step {step} ({elapsed / 60:.1f} min)")
         if args.reset_ema:
             ema_u.load_state_dict(unet.state_dict())
@@ -369,7 +377,7 @@ def stage_unet(args, ck: Path, tokenizer):
         torch.save({"unet": unet.state_dict(), "te": te.state_dict(), "ema_unet": ema_u.state_dict(),
                     "ema_te": ema_t.state_dict(), "opt": opt.state_dict(), "step": step,
                     "elapsed": time.time() - t_start, "g": g.get_state(), "rng": rng.getstate(),
-                    "ema_start": ema_start},
+                    "ema_start": ema_start, "prior": prior},
                    str(state_path) + ".tmp")
         Path(str(state_path) + ".tmp").replace(state_path)
 
@@ -421,6 +429,47 @@ def stage_unet(args, ck: Path, tokenizer):
     return {"steps": step, "minutes": (time.time() - t_start) / 60, "final_loss": loss_avg}
 
 
+def init_unet_from_export(folder: Path, unet, te) -> dict:
+    """Load an exported sd-mini's UNet and text encoder (fp16 on disk) into the fp32 training modules; return the
+    training it already had. Every key must match: a silently half-loaded model would train from noise."""
+    from safetensors.torch import load_file
+
+    pipe = folder / "pipeline"
+    for module, sub, fname in ((unet, "unet", "diffusion_pytorch_model.safetensors"),
+                               (te, "text_encoder", "model.safetensors")):
+        sd = {k: v.float() for k, v in load_file(pipe / sub / fname).items()}
+        missing, unexpected = module.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise SystemExit(f"--init-from {folder}: {sub} does not match sd-mini's architecture "
+                             f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    info = json.loads((folder / "train_info.json").read_text())
+    return {"steps": int(info["unet_steps"]), "minutes": float(info["unet_minutes"])}
+
+
+def seed_checkpoint_from_export(folder: Path, ck: Path, logd: dict) -> dict:
+    """Make ``ck`` hold the finished vae / detector / clip stages of an exported sd-mini, so that a new UNet cycle
+    (``--init-from``) trains against exactly the shipped autoencoder and judges."""
+    import shutil
+
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file, save_file
+
+    info = json.loads((folder / "train_info.json").read_text())
+    if "vae" not in logd:
+        AutoencoderKL.from_pretrained(folder / "pipeline" / "vae", torch_dtype=torch.float32).save_pretrained(ck / "vae")
+        logd["vae"] = {**info["vae"], "from": "export"}
+    for name in ("detector", "clip"):
+        if name in logd:
+            continue
+        (ck / name).mkdir(parents=True, exist_ok=True)
+        sd = load_file(folder / name / "model.safetensors")
+        save_file({k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}, ck / name / "model.safetensors")
+        if name == "detector":
+            shutil.copyfile(folder / name / "config.json", ck / name / "config.json")
+        logd[name] = {**info[name], "from": "export"}
+    return logd
+
+
 # ----------------------------------------------------------------------------- stage: export
 def stage_export(args, ck: Path, tokenizer, out: Path):
     from diffusers import StableDiffusionPipeline
@@ -448,7 +497,10 @@ def stage_export(args, ck: Path, tokenizer, out: Path):
     (out / "detector" / "config.json").write_text((ck / "detector" / "config.json").read_text())
     tokenizer.save_pretrained(out / "clip" / "tokenizer")
     (out / "clip" / "config.json").write_text(json.dumps({"vocab_size": len(tokenizer), "embed_dim": 128}, indent=1))
-    info = {"unet_steps": st["step"], "unet_minutes": st["elapsed"] / 60}
+    prior = st.get("prior", {"steps": 0, "minutes": 0.0})
+    info = {"unet_steps": prior["steps"] + st["step"], "unet_minutes": prior["minutes"] + st["elapsed"] / 60}
+    if prior["steps"]:
+        info["unet_cycles"] = [prior, {"steps": st["step"], "minutes": st["elapsed"] / 60}]
     stages = {k: v for k, v in json.loads((ck / "log.json").read_text()).items() if k != "export"}
     (out / "train_info.json").write_text(json.dumps({**info, **stages}, indent=1))
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -482,12 +534,18 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-fp16", dest="fp16", action="store_false")
     ap.add_argument("--force", action="store_true", help="rerun stages even if finished")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="continue an exported sd-mini (e.g. the shipped weights folder): its VAE, detector and clip "
+                         "are kept, the UNet stage starts a new cycle from its UNet and text encoder")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     ck = args.ckpt
     ck.mkdir(parents=True, exist_ok=True)
     logp = ck / "log.json"
     logd = json.loads(logp.read_text()) if logp.exists() else {}
+    if args.init_from is not None:
+        logd = seed_checkpoint_from_export(args.init_from, ck, logd)
+        logp.write_text(json.dumps(logd, indent=1))
     tokenizer = nets.build_tokenizer()
     stages = [s for s in args.stages.split(",") if s]
     t_all = time.time()
