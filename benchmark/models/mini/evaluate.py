@@ -103,6 +103,14 @@ def clip_rank(clip: ClipMini, images, labs, texts, seed=0, n_cand=10, hard=False
     return float(np.mean(hits))
 
 
+def _interval(successes: int, n: int) -> list[float]:
+    """95% Wilson interval of a rate, as [low, high]."""
+    from benchmark.metrics import wilson
+
+    est = wilson(int(successes), int(n))
+    return [round(est.ci_low, 4), round(est.ci_high, 4)]
+
+
 def make_grid(rows, path, cell=64, scale=1):
     """rows: list of (title, [PIL images]). Writes a labelled PNG grid."""
     from PIL import Image, ImageDraw
@@ -136,7 +144,7 @@ def main(argv=None):
     ap.add_argument("--out-json", type=Path, default=_HERE / "eval.json")
     ap.add_argument("--grid", type=Path, default=_HERE / "samples.png")
     ap.add_argument("--n-heldout", type=int, default=2000)
-    ap.add_argument("--per-object", type=int, default=10, help="images per object kind for the object-accuracy check")
+    ap.add_argument("--per-object", type=int, default=20, help="images per object kind for the object-accuracy check")
     ap.add_argument("--max-prompts", type=int, default=None, help="cap prompts per task and set (quick runs)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--judges-only", action="store_true", help="only the held-out checks of detector, clip and VAE")
@@ -177,7 +185,7 @@ def main(argv=None):
             all_secs += secs
             fired = (det.predict(ims)[:, j] >= 0.5).tolist()
             forms = sorted({p.form for p in ps})
-            tres[which] = {"n": len(ps), "detector_rate": float(np.mean(fired)),
+            tres[which] = {"n": len(ps), "detector_rate": float(np.mean(fired)), "ci95": _interval(sum(fired), len(ps)),
                            "by_form": {f: float(np.mean([fi for fi, p in zip(fired, ps, strict=False) if p.form == f])) for f in forms}}
             gen_imgs += ims
             gen_labs += [p.labels for p in ps]
@@ -205,8 +213,9 @@ def main(argv=None):
     all_secs += secs
     drawn = det.object_of(ims)
     per = {o: float(np.mean([d == o for d, lb in zip(drawn, obj_labs, strict=False) if lb["object"] == o])) for o in OBJECTS}
+    hits = sum(d == lb["object"] for d, lb in zip(drawn, obj_labs, strict=False))
     res["named_object_drawn"] = {"mean": float(np.mean(list(per.values()))), "per_object": per,
-                                 "n_per_object": args.per_object}
+                                 "n_per_object": args.per_object, "ci95": _interval(hits, len(obj_labs))}
     cp = det.predict(ims)
     cidx = [det.index(f"colour:{c}") for c in COLOURS]
     res["named_colour_drawn"] = float(np.mean([COLOURS[int(a)] == lb["colour"]
@@ -218,6 +227,8 @@ def main(argv=None):
     gen_labs += obj_labs
     gen_texts += obj_prompts
     res["clip_rank1_of_10_generated"] = clip_rank(clip, gen_imgs, gen_labs, gen_texts, seed=2)
+    res["clip_rank1_of_10_generated_ci95"] = _interval(round(res["clip_rank1_of_10_generated"] * len(gen_imgs)),
+                                                       len(gen_imgs))
     res["clip_rank1_of_10_generated_hard"] = clip_rank(clip, gen_imgs, gen_labs, gen_texts, seed=3, hard=True)
     res["clip_score_generated_mean"] = float(clip.score(gen_imgs, gen_texts).mean())
 
