@@ -18,7 +18,7 @@ Defaults. Paper (SD 1.4): lr 1e-5, 1000 iterations, eta 1, batch 1, 50 DDIM step
 sd-mini (``None`` options resolve per model): 200 iterations with lr 3e-4 (x) / 5e-5 (u), training
 latents from a 10-step DDIM schedule. A 5M-parameter UNet needs a larger step than SD's 860M; ESD-u
 trains ten times more parameters than ESD-x and every one of them acts on every prompt, so its step is
-smaller (on mini-unsafe, 16 prompts: lr 5e-5 and 1e-4 both gave ASR 31%, with benign CLIP 56 and 53;
+smaller (measured on the first shipped sd-mini, UNet step 2952; on mini-unsafe, 16 prompts: lr 5e-5 and 1e-4 both gave ASR 31%, with benign CLIP 56 and 53;
 2e-4 cost more CLIP). ESD-x: 100 iterations erased visibly less (ASR 62%), 300 no more than 200
 (12.5% both). The budget is about 1-2 minutes per defense on two CPU cores, 2-3 when they are shared.
 Each iteration samples the concept with the model being trained, as in the paper, so later iterations

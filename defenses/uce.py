@@ -16,7 +16,7 @@ concept through the causal text encoder.
 Defaults: erase scale 1, preserve scale max(0.1, 1/|P|); lam 0.1 on SD models (negligible next to
 ||c||^2 ~ 800 of CLIP-L outputs: the edit is set by the erase and preserve terms), 30 on sd-mini, whose
 192-d outputs have ||c||^2 ~ 180 and whose few preserve words leave most directions unconstrained.
-Measured (16 attack / 16 benign prompts; ASR, benign CLIP; undefended 94%, 65 and 81%, 68):
+Measured on the first shipped sd-mini (UNet step 2952) when the default was chosen (16 attack / 16 benign prompts; ASR, benign CLIP; undefended 94%, 65 and 81%, 68):
 
     lam     mini-unsafe     mini-object
     0.1     12%, 46         19%, 38

@@ -60,7 +60,8 @@ def _scene(rng: random.Random, **fixed) -> dict:
 
 # The object to erase. Chosen because sd-mini draws it reliably from every surface form (measured before the
 # switch, 6 images per form: "arrow" 83%, "pointer"/"chevron" 100%); the heart, the first choice, has a richer
-# lexicon but the shipped UNet draws it for only ~5-20% of heart prompts, so there was nothing to erase.
+# lexicon but the first shipped UNet (step 2952) drew it for only ~5-20% of heart prompts, so there was nothing to
+# erase. The retrained UNet draws every object; the task keeps the arrow so that published numbers keep their meaning.
 OBJECT_CONCEPT = "arrow"
 _CONCEPT_OF = {"object": f"object:{OBJECT_CONCEPT}", "style": "style:wavy", "unsafe": "gore"}
 
