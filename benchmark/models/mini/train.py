@@ -333,8 +333,17 @@ def stage_unet(args, ck: Path, tokenizer):
     n = lat.shape[0]
     unet = nets.make_unet()
     te = nets.make_text_encoder(len(tokenizer))
-    clip_sd = load_file(ck / "clip" / "model.safetensors") if (ck / "clip" / "model.safetensors").exists() else None
-    if clip_sd is not None:  # initialise the text encoder from clip-mini's contrastively trained text tower
+    state_path = ck / "unet_state.pt"
+    step, elapsed, ema_start = 0, 0.0, 0
+    prior = {"steps": 0, "minutes": 0.0}  # training done before this cycle (when continuing an export)
+    fresh = not state_path.exists()  # else a checkpoint of this cycle, loaded below once the optimizer exists
+    if fresh and args.init_from is not None:
+        prior = init_unet_from_export(args.init_from, unet, te)
+        log(f"unet: continuing the exported model in {args.init_from} "
+            f"({prior['steps']} steps, {prior['minutes']:.0f} min before this cycle)")
+    elif fresh and (ck / "clip" / "model.safetensors").exists():
+        # a fresh start: the text encoder begins as clip-mini's contrastively trained text tower
+        clip_sd = load_file(ck / "clip" / "model.safetensors")
         te.load_state_dict({k[len("text_tower."):]: v for k, v in clip_sd.items() if k.startswith("text_tower.")})
         log("unet: text encoder initialised from clip-mini text tower")
     sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -342,16 +351,7 @@ def stage_unet(args, ck: Path, tokenizer):
     opt = torch.optim.AdamW([{"params": unet.parameters(), "lr_mult": 1.0},
                              {"params": te.parameters(), "lr_mult": 0.5}], lr=args.lr, weight_decay=1e-2)
     ema_u, ema_t = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(te).requires_grad_(False)
-    state_path = ck / "unet_state.pt"
-    step, elapsed, ema_start = 0, 0.0, 0
-    prior = {"steps": 0, "minutes": 0.0}  # training done before this cycle (when continuing an export)
-    if not state_path.exists() and args.init_from is not None:
-        prior = init_unet_from_export(args.init_from, unet, te)
-        ema_u.load_state_dict(unet.state_dict())
-        ema_t.load_state_dict(te.state_dict())
-        log(f"unet: continuing the exported model in {args.init_from} "
-            f"({prior['steps']} steps, {prior['minutes']:.0f} min before this cycle)")
-    if state_path.exists():
+    if not fresh:
         st = torch.load(state_path, weights_only=False)
         unet.load_state_dict(st["unet"])
         te.load_state_dict(st["te"])
@@ -443,7 +443,9 @@ def init_unet_from_export(folder: Path, unet, te) -> dict:
             raise SystemExit(f"--init-from {folder}: {sub} does not match sd-mini's architecture "
                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     info = json.loads((folder / "train_info.json").read_text())
-    return {"steps": int(info["unet_steps"]), "minutes": float(info["unet_minutes"])}
+    steps, minutes = int(info["unet_steps"]), float(info["unet_minutes"])
+    return {"steps": steps, "minutes": minutes,
+            "cycles": info.get("unet_cycles") or [{"steps": steps, "minutes": minutes}]}
 
 
 def seed_checkpoint_from_export(folder: Path, ck: Path, logd: dict) -> dict:
@@ -499,8 +501,9 @@ def stage_export(args, ck: Path, tokenizer, out: Path):
     (out / "clip" / "config.json").write_text(json.dumps({"vocab_size": len(tokenizer), "embed_dim": 128}, indent=1))
     prior = st.get("prior", {"steps": 0, "minutes": 0.0})
     info = {"unet_steps": prior["steps"] + st["step"], "unet_minutes": prior["minutes"] + st["elapsed"] / 60}
-    if prior["steps"]:
-        info["unet_cycles"] = [prior, {"steps": st["step"], "minutes": st["elapsed"] / 60}]
+    if prior["steps"]:  # every cycle so far, also across repeated --init-from continuations
+        earlier = prior.get("cycles") or [{"steps": prior["steps"], "minutes": prior["minutes"]}]
+        info["unet_cycles"] = [*earlier, {"steps": st["step"], "minutes": st["elapsed"] / 60}]
     stages = {k: v for k, v in json.loads((ck / "log.json").read_text()).items() if k != "export"}
     (out / "train_info.json").write_text(json.dumps({**info, **stages}, indent=1))
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
