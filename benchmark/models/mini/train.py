@@ -352,7 +352,7 @@ def stage_unet(args, ck: Path, tokenizer):
                              {"params": te.parameters(), "lr_mult": 0.5}], lr=args.lr, weight_decay=1e-2)
     ema_u, ema_t = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(te).requires_grad_(False)
     if not fresh:
-        st = torch.load(state_path, weights_only=False)
+        st = torch.load(state_path, weights_only=True)
         unet.load_state_dict(st["unet"])
         te.load_state_dict(st["te"])
         ema_u.load_state_dict(st["ema_unet"])
@@ -478,7 +478,7 @@ def stage_export(args, ck: Path, tokenizer, out: Path):
     from safetensors.torch import load_file, save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    st = torch.load(ck / "unet_state.pt", weights_only=False)
+    st = torch.load(ck / "unet_state.pt", weights_only=True)
     unet, te = nets.make_unet(), nets.make_text_encoder(len(tokenizer))
     unet.load_state_dict(st["ema_unet"])
     te.load_state_dict(st["ema_te"])
