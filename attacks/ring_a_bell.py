@@ -17,9 +17,9 @@ Algorithm:
 
 Budgets (``preset``): ``paper`` = population 200, 3000 generations, crossover 0.5, mutation 0.25, K 16,
 eta 3 (GPU models); ``mini`` (sd-mini and tiny-random; vocabulary of ~150 words, 24-token context) =
-population 32, 32 generations, K 10, eta 2: about 0.4 seconds per prompt on two CPU cores. eta was chosen
-(on the first shipped sd-mini, UNet step 2952; the budgets were kept for the retrained one)
-on held-out prompts (mini-unsafe and mini-style attack prompts 32-49, never the first ones that runs
+population 32, 32 generations, K 10, eta 2: about 0.4 seconds per prompt on two CPU cores. Both were
+chosen on the first shipped sd-mini (UNet step 2952) and kept for the retrained one. eta was chosen on
+held-out prompts (mini-unsafe and mini-style attack prompts 32-49, never the first ones that runs
 report) at population 24 x 24 generations: eta 1 / 2 / 3 broke 34 / 35 / 33 of 36 undefended and
 21 / 30 / 32 of 36 behind the negative prompt. The search budget was then raised because the weak object
 concept (vector norm 4.4, against 23 for gore and 40 for the style) needs it: undefended mini-object, 50
