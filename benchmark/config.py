@@ -8,17 +8,14 @@ filled in, is what the run hashes and saves.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
 import yaml
 
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message says which key and what is allowed."""
+from benchmark.api.errors import ConfigError
+from benchmark.api.registry import read_data_file
 
 
 @dataclass
@@ -137,20 +134,11 @@ def config_from_mapping(data: dict[str, Any], origin: str = "config") -> RunConf
 
 def load_suite_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".toml":
-            data = tomllib.loads(text)
-        elif path.suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text) or {}
-        elif path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            raise ConfigError(f"{path}: a suite file must be .yaml, .yml, .toml or .json")
-    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{path}: cannot parse: {error}") from error
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+    if path.suffix not in (".yaml", ".yml", ".toml", ".json"):
+        raise ConfigError(f"{path}: a suite file must be .yaml, .yml, .toml or .json")
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such suite file")
+    data = read_data_file(path)
     data.pop("description", None)  # suites describe themselves for `benchmark list suites`
     return data
 

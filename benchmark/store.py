@@ -24,9 +24,8 @@ from typing import Any
 
 from PIL import Image
 
-
-class PathEscapeError(ValueError):
-    """A stored relative path that points outside the store root."""
+from benchmark.api.errors import PathEscapeError
+from benchmark.api.paths import check_name
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -57,6 +56,13 @@ class CellStore:
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
         self.cells = self.root / "cells"
+
+    def run_dir(self, name: str) -> Path:
+        """The folder of run ``name``: one checked path component directly under the root, never outside it."""
+        path = self.root / check_name(name, "run name")
+        if path.resolve().parent != self.root:
+            raise PathEscapeError(f"run name {name!r} leads outside {self.root}")
+        return path
 
     def relpath(self, stage: str, key: str, ext: str) -> str:
         return f"cells/{stage}/{key[:2]}/{key}.{ext}"

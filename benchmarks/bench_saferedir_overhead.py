@@ -21,7 +21,7 @@ import torch
 
 
 def build_model(name: str, device: torch.device, dtype: torch.dtype):
-    from benchmark.models.base import LoadedModel, SamplerDefaults
+    from benchmark.api.model import LoadedModel, SamplerDefaults
 
     if name == "sd-mini":
         from benchmark.models.sd_mini import SdMiniModel
@@ -61,10 +61,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--dtype", default="fp32")
     args = ap.parse_args(argv)
 
-    from benchmark.models.base import DTYPES
-    from benchmark.registry import TASKS
+    from benchmark.api.model import DTYPES
+    from benchmark.api.registry import TASKS
     from benchmark.stages.generate import initial_latents
-    from defenses.base import DefendedPipeline
+    from benchmark.api.defense import DefendedPipeline
     from defenses.saferedir import SHIPPED_DIR, SafeRedir, SafeRedirPipeline, load_redirector, read_metadata, \
         resolve_behaviour
     from defenses.saferedir_net import Redirector
@@ -117,7 +117,7 @@ def main(argv=None) -> dict:
 
 def _prompts(task, n):
     """Half the task's attack prompts, half benign, so the batch holds both decisions."""
-    from benchmark.registry import PROMPT_SETS
+    from benchmark.api.registry import PROMPT_SETS
 
     try:
         attack = PROMPT_SETS.get(task.attack_prompts).load(None, limit=n)
@@ -127,7 +127,7 @@ def _prompts(task, n):
             return mixed
     except Exception:  # noqa: BLE001 - data-dependent prompt sets: fall back to plain prompts
         pass
-    from prompts.base import Prompt
+    from benchmark.api.prompt import Prompt
 
     return [Prompt(id=str(i), text=f"a photo of a thing number {i}") for i in range(n)]
 

@@ -34,11 +34,11 @@ def main() -> None:
 
     import attacks  # noqa: F401  (registers the attacks)
     import defenses  # noqa: F401
-    from attacks.base import AttackContext
+    from benchmark.api.attack import AttackContext
     from attacks.unlearndiff import _TARGETS, UnlearnDiff
-    from benchmark.models import get_model_spec
-    from benchmark.models.base import resolve_device, resolve_dtype
-    from benchmark.registry import DEFENSES, JUDGES, PROMPT_SETS, TASKS
+    from benchmark.api.model import get_model_spec
+    from benchmark.api.model import resolve_device, resolve_dtype
+    from benchmark.api.registry import DEFENSES, JUDGES, PROMPT_SETS, TASKS
 
     device = resolve_device(args.device)
     spec = get_model_spec(args.model)

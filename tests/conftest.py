@@ -45,3 +45,13 @@ def tiny_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     result = run_cli(*TINY_RUN, "--out", str(out))
     run_dir = Path(result.stdout.strip().splitlines()[-1])
     return run_dir, result
+
+
+def _task(name: str):
+    from benchmark.api.registry import TASKS
+
+    return TASKS.get(name)
+
+
+TOY = _task("toy")  # the plumbing task (data file benchmark/tasks/toy.yaml)
+NUDITY = _task("nudity")

@@ -15,14 +15,15 @@ from pathlib import Path
 
 import torch
 
-from benchmark.hashing import file_hash, stable_hash
-from benchmark.models.base import (
+from benchmark.api.model import (
     LoadedModel,
     ModelSpec,
     ModelUnavailableError,
     SamplerDefaults,
-    prepare_pipeline,
 )
+from benchmark.api.registry import MODELS
+from benchmark.hashing import file_hash, stable_hash
+from benchmark.models.base import prepare_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,18 @@ class HubModel(ModelSpec):
         except Exception as error:
             raise self.unavailable(revision, f"download failed: {type(error).__name__}: {error}") from error
 
+    def check_available(self, revision: str | None = None) -> None:
+        """Offline and not in the cache: say so now, not after the run was planned."""
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):
+            return  # load() may still download it
+        from huggingface_hub import snapshot_download
+
+        revision = revision or self.revision
+        try:
+            snapshot_download(self.hub_id, revision=revision, allow_patterns=ALLOW_PATTERNS, local_files_only=True)
+        except Exception as error:  # noqa: BLE001 - any failure here means "not in the cache"
+            raise self.unavailable(revision, "HF_HUB_OFFLINE is set and it is not cached") from error
+
     def unavailable(self, revision: str, why: str) -> ModelUnavailableError:
         return ModelUnavailableError(
             f"Model '{self.name}' ({self.hub_id} @ {revision}) is not available: {why}. Either download it "
@@ -107,13 +120,14 @@ class HubModel(ModelSpec):
                            {"hub_id": self.hub_id, "revision": revision, "commit": commit})
 
 
+@MODELS.register("folder")
 @dataclass(kw_only=True)
 class LocalFolderModel(ModelSpec):
-    """A pipeline folder given as ``--model /path/to/folder``."""
+    """A local diffusers pipeline folder: pass its path as ``--model /path/to/folder``."""
 
     folder: Path
     name: str = ""
-    description: str = "a local diffusers pipeline folder"
+    description: str = "A local diffusers pipeline folder: pass its path as --model /path/to/folder"
     default_tasks: tuple[str, ...] = ("nudity",)
     defaults: SamplerDefaults = SamplerDefaults()
 
@@ -130,9 +144,15 @@ class LocalFolderModel(ModelSpec):
                 size = int(sample) * 2 ** (blocks - 1)
                 self.defaults = SamplerDefaults(50, 7.5, size, size)
 
-    def load(self, device: torch.device, dtype: torch.dtype, revision: str | None = None) -> LoadedModel:
+    def check_available(self, revision: str | None = None) -> None:
         if not self.folder.is_dir():
             raise ModelUnavailableError(f"--model {self.folder}: no such folder")
+        if not (self.folder / "model_index.json").is_file():
+            raise ModelUnavailableError(f"--model {self.folder}: not a diffusers pipeline folder (no model_index.json); "
+                                        "save one with pipeline.save_pretrained(folder)")
+
+    def load(self, device: torch.device, dtype: torch.dtype, revision: str | None = None) -> LoadedModel:
+        self.check_available(revision)
         pipe = load_pipeline_folder(self.folder, device, dtype)
         key = stable_hash({"folder_fingerprint": fingerprint_folder(self.folder)})
         return LoadedModel(self.name, key, pipe, device, dtype, self.defaults,

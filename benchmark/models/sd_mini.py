@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import torch
 
-from benchmark.models.base import LoadedModel, ModelSpec, ModelUnavailableError, SamplerDefaults
+from benchmark.api.model import LoadedModel, ModelSpec, ModelUnavailableError, SamplerDefaults
+from benchmark.api.registry import MODELS
 from benchmark.models.pretrained import fingerprint_folder, load_pipeline_folder
 
 
+@MODELS.register("sd-mini")
 class SdMiniModel(ModelSpec):
     """The embedded sd-mini world: 64px, trained by the project, shipped in the repository."""
 
     name = "sd-mini"
+    description = "The embedded sd-mini world: a small real text-to-image model trained by the project, 64px (default)"
     default_tasks = ("mini-unsafe", "mini-object", "mini-style")
 
     @property

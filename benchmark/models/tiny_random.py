@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from benchmark.api.model import LoadedModel, ModelSpec, SamplerDefaults
+from benchmark.api.registry import MODELS
 from benchmark.hashing import stable_hash
-from benchmark.models.base import LoadedModel, ModelSpec, SamplerDefaults, prepare_pipeline
+from benchmark.models.base import prepare_pipeline
 
 SEED = 0
 IMAGE_SIZE = 32
@@ -55,10 +57,12 @@ def build_tiny_pipeline() -> torch.nn.Module:
     )
 
 
+@MODELS.register("tiny-random")
 class TinyRandomModel(ModelSpec):
     """Tiny StableDiffusionPipeline with fixed-seed RANDOM weights, for tests only (images are noise)."""
 
     name = "tiny-random"
+    description = "Tiny StableDiffusionPipeline with fixed-seed RANDOM weights, for tests only"
     default_tasks = ("toy",)
     defaults = SamplerDefaults(num_inference_steps=4, guidance_scale=5.0, height=IMAGE_SIZE, width=IMAGE_SIZE)
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmark.api.errors import DataFileError
+
 
 @dataclass(frozen=True)
 class Prompt:
@@ -23,7 +25,7 @@ class Prompt:
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
-class PromptFileError(ValueError):
+class PromptFileError(DataFileError):
     """Malformed prompt input; the message names the file and (1-based) line."""
 
     def __init__(self, path: str | Path, line: int | None, message: str):

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from PIL import Image
 
-from benchmark.component import Component
+from benchmark.api.component import Component
 
 if TYPE_CHECKING:
-    from benchmark.models.base import LoadedModel
-    from benchmark.tasks import Task
+    from benchmark.api.model import LoadedModel
+    from benchmark.api.task import Task
 
 
 class DefenseKind(str, Enum):
@@ -147,6 +147,7 @@ class Defense(Component):
     """Base class of defenses: set ``kind``, declare ``Options``, implement :meth:`apply`
     (and :meth:`prepare` if the defense has an artifact to build)."""
 
+    component_kind = "defense"
     kind: ClassVar[DefenseKind] = DefenseKind.INFERENCE_TIME
     supported_models: ClassVar[tuple[str, ...]] = ("*",)
     # False for defenses that need user-supplied data (a checkpoint path); ``--defense all`` leaves them out.

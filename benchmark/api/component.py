@@ -1,0 +1,235 @@
+"""What defenses, attacks and judges share: typed, validated options and a stable config for cell keys.
+
+A component declares its options as a nested ``Options`` dataclass. Types and constraints are ordinary
+annotations, checked by pydantic when the component is built (at resolve time, before any work)::
+
+    @dataclass
+    class Options:
+        threshold: Annotated[float, Field(ge=0, le=1)] = 0.8   # cosine a paraphrase must keep
+        preset: Literal["auto", "paper", "mini"] = "auto"       # budget preset
+
+The trailing comment of a field is its help text (``benchmark list --options NAME`` prints it). Checks that
+need the run's context (the model, the task, the data directory) go in :meth:`Component.check_inputs`,
+which the resolver calls for every task before anything is prepared, in the manner of diffusers'
+``check_inputs``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import inspect
+import io
+import tokenize
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from benchmark.api.errors import OptionError
+
+if TYPE_CHECKING:
+    from benchmark.api.task import Task
+
+
+@dataclass
+class NoOptions:
+    """A component without options."""
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    """What :meth:`Component.check_inputs` may look at: the resolved run, before anything is loaded."""
+
+    model: str  # the registered model name (or a folder's name)
+    task: Task
+    data_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class OptionInfo:
+    """One option as ``benchmark list --options`` shows it."""
+
+    name: str
+    type: str
+    default: Any
+    allowed: str  # constraints in words ("0 <= x <= 1", "one of auto, paper, mini"), "" when any value of the type
+    help: str
+
+
+class Component:
+    """Base of defenses, attacks and judges.
+
+    ``component_kind`` (defense, attack, judge) names it in messages; ``version`` is bumped when the
+    algorithm changes so that old cached artifacts are not reused.
+    """
+
+    component_kind: ClassVar[str] = "component"
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, **options: Any):
+        self.options = type(self).validate_options(options)
+
+    # -- options ----------------------------------------------------------------------------------
+    @classmethod
+    def validate_options(cls, options: dict[str, Any]) -> Any:
+        """The ``Options`` instance for ``options``, or an :class:`OptionError` naming each bad option, its
+        value and what is allowed. Builds nothing heavy: judges validate here without loading a model."""
+        fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+        unknown = [key for key in options if key not in fields]
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, list(fields), n=1)
+                hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+            raise OptionError(
+                f"{cls.component_kind} '{cls.name}' has no option {', '.join(hints)}; its options are: "
+                f"{', '.join(sorted(fields)) or 'none'} (`python -m benchmark list --options {cls.name}`)"
+            )
+        import pydantic  # deferred: `benchmark list` must stay light
+
+        try:
+            return _adapter(cls.Options).validate_python(dict(options))
+        except pydantic.ValidationError as error:
+            infos = {info.name: info for info in cls.option_infos()}
+            problems = []
+            for item in error.errors():
+                key = str(item["loc"][0]) if item["loc"] else "?"
+                info = infos.get(key)
+                allowed = f"{info.type}" + (f", {info.allowed}" if info and info.allowed else "") if info else ""
+                problems.append(f"option {key}={options.get(key)!r}: {item['msg']}"
+                                + (f" (allowed: {allowed})" if allowed else ""))
+            raise OptionError(f"{cls.component_kind} '{cls.name}': " + "; ".join(dict.fromkeys(problems))) from None
+
+    @classmethod
+    def option_infos(cls) -> list[OptionInfo]:
+        """Every option with its type, default, constraints and help (the field's trailing comment)."""
+        schema = _adapter(cls.Options).json_schema(mode="validation")
+        properties = schema.get("properties", {})
+        helps = _field_comments(cls.Options)
+        infos = []
+        for f in dataclasses.fields(cls.Options):
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+            prop = properties.get(f.name, {})
+            infos.append(OptionInfo(name=f.name, type=_schema_type(prop, schema.get("$defs", {})) or _type_name(f.type),
+                                    default=default,
+                                    allowed=_constraints(prop, schema.get("$defs", {})),
+                                    help=prop.get("description") or helps.get(f.name, "")))
+        return infos
+
+    def check_inputs(self, ctx: CheckContext) -> None:
+        """Checks that need the run's context (files the options name, what the task provides); raise a
+        :class:`benchmark.api.errors.UserError` that says what to do. Called before any work."""
+
+    def config(self) -> dict[str, Any]:
+        """The resolved options and version: what enters this component's cell keys."""
+        return {"name": self.name, "version": self.version, "options": dataclasses.asdict(self.options)}
+
+
+@functools.cache
+def _adapter(options_cls: type) -> Any:
+    import pydantic
+
+    return pydantic.TypeAdapter(options_cls)
+
+
+_JSON_TYPES = {"number": "float", "integer": "int", "string": "str", "boolean": "bool", "null": "None",
+               "array": "list", "object": "dict"}
+
+
+def _schema_type(prop: dict[str, Any], defs: dict[str, Any]) -> str:
+    """``int | None``-style type of one JSON-schema property (aliases resolved)."""
+    names: list[str] = []
+    for variant in prop.get("anyOf") or [prop]:
+        if "$ref" in variant:
+            variant = defs.get(variant["$ref"].rsplit("/", 1)[-1], {})
+        if "enum" in variant or "const" in variant:
+            values = variant.get("enum", [variant.get("const")])
+            kind = {type(v).__name__ for v in values}
+            names.append(kind.pop() if len(kind) == 1 else "value")
+            continue
+        kind = variant.get("type")
+        if isinstance(kind, list):
+            names += [_JSON_TYPES.get(k, k) for k in kind]
+        elif kind == "array" and isinstance(variant.get("items"), dict) and variant["items"].get("type"):
+            names.append(f"list[{_JSON_TYPES.get(variant['items']['type'], variant['items']['type'])}]")
+        elif kind:
+            names.append(_JSON_TYPES.get(kind, kind))
+    return " | ".join(dict.fromkeys(names))
+
+
+def _type_name(annotation: Any) -> str:
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", repr(annotation))
+    # Annotated[int | None, Field(ge=1)] -> int | None: constraints are shown separately.
+    if text.startswith("Annotated["):
+        depth, end = 0, len(text)
+        for i, ch in enumerate(text[len("Annotated["):], start=len("Annotated[")):
+            if ch == "[":
+                depth += 1
+            elif ch == "]":
+                depth -= 1
+            elif ch == "," and depth == 0:
+                end = i
+                break
+        text = text[len("Annotated["):end]
+    return text.strip()
+
+
+def _constraints(prop: dict[str, Any], defs: dict[str, Any]) -> str:
+    """Constraints of one JSON-schema property in words."""
+    variants = prop.get("anyOf") or [prop]
+    words = []
+    for variant in variants:
+        if "$ref" in variant:
+            variant = defs.get(variant["$ref"].rsplit("/", 1)[-1], {})
+        if "enum" in variant:
+            words.append("one of " + ", ".join(str(v) for v in variant["enum"]))
+        if "const" in variant:
+            words.append(repr(variant["const"]))
+        bounds = []
+        for key, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
+            if key in variant:
+                bounds.append(f"{op} {variant[key]}")
+        if bounds:
+            words.append("x " + " and ".join(bounds))
+        for key, what in (("minLength", "at least {} characters"), ("minItems", "at least {} items")):
+            if key in variant:
+                words.append(what.format(variant[key]))
+        if variant.get("type") == "null" and len(variants) > 1:
+            words.append("null (the default rule)")
+    return "; ".join(words)
+
+
+def _field_comments(options_cls: type) -> dict[str, str]:
+    """``name: type = default  # help`` -> {name: help}, read from the dataclass's source (and its bases')."""
+    helps: dict[str, str] = {}
+    for cls in reversed(options_cls.__mro__):
+        if dataclasses.is_dataclass(cls):
+            helps.update(_own_field_comments(cls))
+    return helps
+
+
+def _own_field_comments(options_cls: type) -> dict[str, str]:
+    try:
+        source = inspect.getsource(options_cls)
+    except (OSError, TypeError):
+        return {}
+    names = {f.name for f in dataclasses.fields(options_cls)}
+    helps: dict[str, str] = {}
+    pending: str | None = None
+    line_of_name: dict[int, str] = {}
+    for line_no, line in enumerate(source.splitlines(), start=1):
+        head = line.strip().split(":", 1)[0].strip()
+        if head in names and ":" in line:
+            line_of_name[line_no] = head
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            if token.type == tokenize.COMMENT and token.start[0] in line_of_name:
+                pending = line_of_name[token.start[0]]
+                helps[pending] = token.string.lstrip("#").strip()
+    except (tokenize.TokenError, IndentationError):
+        return helps
+    return helps
