@@ -1,4 +1,4 @@
-"""Prompt loaders and registered prompt sets (prompts/).
+"""Prompt loaders (prompts/formats/) and the prompt-set data files (prompts/sets/, prompts/spec.py).
 
 Tests on the real third-party files need the shared data directory (``$UNLEARN_ARENA_SHARED_DATA`` or
 ``<workspace>/shared/data``) and are skipped without it; the rest write small files to ``tmp_path``.
@@ -7,9 +7,12 @@ Counts are checked against an independent pandas read of the same file and again
 
 from __future__ import annotations
 
+import hashlib
 import importlib.machinery
 import json
+import logging
 import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -17,9 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from benchmark.registry import PROMPT_SETS, UnknownEntryError
+from benchmark.api.errors import ConfigError, UserError
+from benchmark.api.registry import PROMPT_SETS, UnknownEntryError
 from prompts import (
+    FileCheck,
     PromptFileError,
     PromptSetSpec,
     load_coco_captions,
@@ -32,6 +38,10 @@ from prompts import (
     load_ring_a_bell,
     load_unlearndiff,
 )
+from prompts.formats import FORMATS
+from prompts.spec import load_prompt_set_file
+
+SETS_DIR = Path(__file__).resolve().parents[1] / "prompts" / "sets"
 
 
 def _shared_data() -> Path:
@@ -288,6 +298,7 @@ def test_coco(shared):
 def test_missing_file_message(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
         PROMPT_SETS.get("unlearndiff-nudity").load(tmp_path)
+    assert isinstance(info.value, UserError)  # the CLI prints it as one line
     msg = str(info.value)
     assert "Diffusion-MU-Attack/nudity.csv" in msg
     assert str(tmp_path.resolve()) in msg
@@ -555,3 +566,152 @@ def test_unnamed_index_column_and_duplicate_header(tmp_path):
     assert [p.meta for p in load_prompt_file(path)] == [{"Unnamed: 0": "0"}, {"Unnamed: 0": "1"}]
     dup = _write(tmp_path / "dup.csv", "prompt,seed,seed\na,1,2\n")
     _assert_at(_error(load_prompt_file, dup), dup, 1, "duplicate column(s) seed")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Prompt-set data files (prompts/sets/*.yaml) and the sha256 of the file each was written for
+# ---------------------------------------------------------------------------------------------------------
+SET_FILES = sorted(SETS_DIR.glob("*.yaml"))
+MINI_SETS = [f"{task}-{which}" for task in ("mini-object", "mini-style", "mini-unsafe")
+             for which in ("attack", "benign", "safe")]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _spec_file(folder: Path, name: str, **keys) -> Path:
+    data = {"description": "a test set", "source": "a test", "format": "prompt-file", "filename": "p.txt", **keys}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in data.items() if v is not ...}))
+    return path
+
+
+def test_set_files_are_exactly_the_registered_sets():
+    assert {p.stem for p in SET_FILES} == ALL_SETS | set(MINI_SETS)
+    assert (SETS_DIR / "__init__.py").is_file()
+    assert not (Path(__file__).resolve().parents[1] / "prompts" / "loaders.py").exists()
+
+
+@pytest.mark.parametrize("path", SET_FILES, ids=lambda p: p.stem)
+def test_set_file_loads_and_round_trips(path, tmp_path):
+    spec = load_prompt_set_file(path)
+    assert isinstance(spec, PromptSetSpec) and spec.name == path.stem
+    assert spec.format in FORMATS and spec.description and "\n" not in spec.description and spec.source
+    assert PROMPT_SETS.entry(spec.name).description == spec.description
+    assert PROMPT_SETS.get(spec.name) == spec
+    if spec.format == "sd-mini":
+        assert spec.filename is None and spec.sha256 is None and set(spec.options) == {"task", "which"}
+    else:
+        assert spec.filename and (spec.sha256 is None or len(spec.sha256) == 64)
+    again = tmp_path / path.name
+    again.write_text(yaml.safe_dump(spec.to_dict()))
+    assert load_prompt_set_file(again) == spec
+
+
+def test_third_party_specs_pin_a_sha256():
+    """Every file-backed spec pins its file, or says in a comment why it cannot."""
+    for path in SET_FILES:
+        spec = load_prompt_set_file(path)
+        if spec.filename is not None and spec.sha256 is None:
+            assert "not available to hash" in path.read_text(), path.name
+
+
+def test_packaged_sets_match_their_sha256():
+    for name in ("toy-attack", "toy-benign"):
+        check = PROMPT_SETS.get(name).check_file()
+        assert check.matches is True and check.sha256 == _sha256(Path(check.path))
+
+
+def test_spec_sha256_equals_the_real_files(shared):
+    for path in SET_FILES:
+        spec = load_prompt_set_file(path)
+        if spec.filename is None or spec.packaged:
+            continue
+        real = shared / spec.filename
+        assert real.is_file(), real
+        assert spec.sha256 == _sha256(real), spec.name
+        check = spec.check_file(shared)
+        assert check.matches is True and check.expected == spec.sha256
+
+
+def test_wrong_sha256_warns_and_check_file_says_so(tmp_path, caplog):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "p.txt").write_text("a cat\na dog\n")
+    actual = _sha256(data / "p.txt")
+    spec = load_prompt_set_file(_spec_file(tmp_path, "pinned", sha256="0" * 64))
+    with caplog.at_level(logging.WARNING, logger="prompts.spec"):
+        prompts = spec.load(data)
+    assert [p.text for p in prompts] == ["a cat", "a dog"]  # it still loads
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "prompt set pinned" in warnings[0] and actual in warnings[0] and "0" * 64 in warnings[0]
+    assert "may differ from the published set" in warnings[0]
+    check = spec.check_file(data)
+    assert isinstance(check, FileCheck) and check.matches is False
+    assert check.as_dict() == {"path": str(data / "p.txt"), "sha256": actual, "expected": "0" * 64,
+                               "matches": False}
+
+    caplog.clear()
+    right = load_prompt_set_file(_spec_file(tmp_path, "right", sha256=actual.upper()))
+    with caplog.at_level(logging.WARNING, logger="prompts.spec"):
+        right.load(data)
+    assert not caplog.records and right.check_file(data).matches is True
+    unpinned = load_prompt_set_file(_spec_file(tmp_path, "unpinned", sha256=None))
+    assert unpinned.check_file(data).matches is None
+    missing = spec.check_file(tmp_path / "elsewhere")
+    assert missing.sha256 is None and missing.matches is None and missing.expected == "0" * 64
+    mini = PROMPT_SETS.get("mini-object-attack").check_file()
+    assert mini.as_dict() == {"path": None, "sha256": None, "expected": None, "matches": None}
+
+
+@pytest.mark.parametrize(
+    ("keys", "words"),
+    [
+        ({"colour": "red"}, ["unknown key", "colour", "filename", "sha256"]),
+        ({"format": "xlsx"}, ["unknown format 'xlsx'", "unlearndiff", "prompt-file"]),
+        ({"description": ...}, ["missing key", "description"]),
+        ({"filename": ...}, ["filename"]),
+        ({"options": {"categoris": ["sexual"]}, "format": "i2p"}, ["unknown option", "categoris", "categories"]),
+        ({"options": {"task": "mini-object"}, "format": "sd-mini", "filename": ...}, ["needs option", "which"]),
+        ({"sha256": "abc"}, ["sha256", "64 hex"]),
+        ({"filename": "../escape.txt"}, ["relative path"]),
+        ({"packaged": "yes"}, ["packaged", "true or false"]),
+        ({"description": "two\nlines"}, ["one line"]),
+    ],
+)
+def test_bad_spec_file_is_a_config_error_naming_the_file(tmp_path, keys, words):
+    path = _spec_file(tmp_path, "broken", **keys)
+    with pytest.raises(ConfigError) as info:
+        load_prompt_set_file(path)
+    assert str(path) in str(info.value)
+    for word in words:
+        assert word in str(info.value), str(info.value)
+
+
+def test_unparsable_spec_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("description: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_prompt_set_file(path)
+
+
+def test_sd_mini_sets():
+    loaded = {name: PROMPT_SETS.get(name).load() for name in MINI_SETS}
+    for name, prompts in loaded.items():
+        assert prompts and len({p.id for p in prompts}) == len(prompts), name
+        assert all(isinstance(p.seed, int) and "form" in p.meta and "concepts" in p.meta for p in prompts)
+        assert PROMPT_SETS.get(name).load(limit=3) == prompts[:3]
+    for task in ("mini-object", "mini-style", "mini-unsafe"):  # safe prompts pair with the attack prompts
+        assert [p.id for p in loaded[f"{task}-safe"]] == [p.id for p in loaded[f"{task}-attack"]]
+    assert [n for n in MINI_SETS if PROMPT_SETS.get(n).benign] == [n for n in MINI_SETS if n.endswith("-benign")]
+
+
+def test_importing_prompts_is_light_and_registers_nothing():
+    code = ("import sys, prompts\n"
+            "from benchmark.api.registry import PROMPT_SETS\n"
+            "assert not PROMPT_SETS._entries, PROMPT_SETS._entries\n"
+            "heavy = [m for m in ('torch', 'numpy', 'diffusers', 'pandas') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
