@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.judges.base import JudgeResult
+from benchmark.api.judge import JudgeResult
 from benchmark.judges.nudenet_judge import (
     NUDENET_LABELS,
     PRESETS,
@@ -356,7 +356,7 @@ def test_zero_shot_overrides_are_recorded() -> None:
     assert judge.identity().preset.startswith("church(labels=") and judge.identity().preset.endswith(
         ",threshold=0.5)"
     )
-    with pytest.raises(ValueError, match="Did you mean 'church'"):
+    with pytest.raises(ValueError, match="(?i)did you mean preset='church'"):  # an OptionError, before loading
         ClipZeroShotJudge(preset="churh", model="tiny-random")
 
 
@@ -367,15 +367,337 @@ def test_registered_lazily() -> None:
     """Listing judges imports neither onnxruntime nor transformers."""
     code = (
         "import sys\n"
-        "from benchmark.registry import JUDGES\n"
+        "from benchmark.api.registry import JUDGES\n"
         "names = JUDGES.names()\n"
         "assert {'nudenet', 'clip-score', 'clip-zero-shot'} <= set(names), names\n"
         "heavy = [m for m in ('onnxruntime', 'transformers', 'cv2') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
-    from benchmark.registry import JUDGES
+    from benchmark.api.registry import JUDGES
 
     assert JUDGES.get("nudenet") is NudeNetJudge
     assert JUDGES.get("clip-score").role == "utility"
     assert JUDGES.get("clip-zero-shot").role == "concept"
+
+
+# -- judges are components: options validated without loading, load failures as JudgeLoadError --------------
+
+ALL_JUDGES = ("nudenet", "clip-score", "clip-zero-shot", "mini-detector", "clip-mini")
+
+
+def _judge_class(name: str):
+    from benchmark.api.registry import JUDGES
+
+    return JUDGES.get(name)
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Every judge's model loader fails the test if called: validation must not load anything."""
+    import benchmark.judges.clip_score as clip_score
+    import benchmark.judges.clip_zero_shot as clip_zero_shot
+    import benchmark.judges.nudenet_judge as nudenet_judge
+    from benchmark.models.mini.judges import ClipMini, MiniDetector
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a judge model was loaded during option validation")
+
+    monkeypatch.setattr(nudenet_judge, "NudeNetDetector", fail)
+    monkeypatch.setattr(clip_score, "load_clip", fail)
+    monkeypatch.setattr(clip_zero_shot, "load_clip", fail)
+    monkeypatch.setattr(MiniDetector, "load", fail)
+    monkeypatch.setattr(ClipMini, "load", fail)
+
+
+def _context():
+    from benchmark.api.component import CheckContext
+    from benchmark.api.task import JudgeSpec, Task
+
+    task = Task(name="t", description="a test task", concept_words=("nudity",), attack_prompts="toy-attack",
+                benign_prompts="toy-benign", judge=JudgeSpec("nudenet"), utility_judge=JudgeSpec("clip-score"))
+    return CheckContext(model="tiny-random", task=task)
+
+
+@pytest.mark.parametrize("name", ALL_JUDGES)
+def test_every_judge_is_a_component_with_documented_options(name: str) -> None:
+    from benchmark.api.component import Component
+    from benchmark.api.judge import Judge
+
+    cls = _judge_class(name)
+    assert issubclass(cls, Judge) and issubclass(cls, Component) and cls.component_kind == "judge"
+    infos = cls.option_infos()
+    names = {info.name for info in infos}
+    assert "device" not in names  # where it runs, not what it measures
+    for info in infos:
+        assert info.help, f"{name}.{info.name} has no help comment"
+    expected = {
+        "nudenet": {"preset", "threshold", "classes", "batch_size", "model_path", "input_size"},
+        "clip-score": {"model", "backend", "batch_size", "dtype", "revision", "cache_dir", "allow_download",
+                       "pretrained"},
+        "clip-zero-shot": {"preset", "target_labels", "other_labels", "threshold", "model", "backend",
+                           "batch_size", "dtype", "revision", "cache_dir", "allow_download", "pretrained"},
+        "mini-detector": {"label", "threshold", "batch_size"},
+        "clip-mini": set(),
+    }[name]
+    assert names == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "suggestion"),
+    [
+        ("nudenet", {"thresold": 0.3}, "threshold"),
+        ("nudenet", {"modelpath": "x.onnx"}, "model_path"),
+        ("clip-score", {"batch_sise": 4}, "batch_size"),
+        ("clip-zero-shot", {"presett": "church"}, "preset"),
+        ("mini-detector", {"label": "gore", "treshold": 0.4}, "threshold"),
+    ],
+)
+def test_misspelt_option_fails_with_did_you_mean(no_loading, name: str, options: dict, suggestion: str) -> None:
+    from benchmark.api.errors import OptionError
+
+    cls = _judge_class(name)
+    misspelt = next(key for key in options if key not in {"label"})
+    with pytest.raises(OptionError, match=f"no option '{misspelt}' \\(did you mean '{suggestion}'\\?\\)"):
+        cls.validate_options(options)
+    with pytest.raises(OptionError, match="did you mean"):  # the constructor validates before loading
+        cls(device="cpu", **options)
+
+
+def test_clip_mini_has_no_options(no_loading) -> None:
+    from benchmark.api.errors import OptionError
+
+    cls = _judge_class("clip-mini")
+    with pytest.raises(OptionError, match="has no option 'threshold'.*its options are: none"):
+        cls.validate_options({"threshold": 0.5})
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "fragments"),
+    [
+        ("nudenet", {"threshold": 1.5}, ["threshold=1.5", "less than or equal to 1", "x > 0 and <= 1"]),
+        ("nudenet", {"threshold": 0}, ["threshold=0", "greater than 0"]),
+        ("nudenet", {"preset": "unlearndif"}, ["preset='unlearndif'", "unlearndiff, esd, explicit, strict",
+                                               "did you mean preset='unlearndiff'"]),
+        ("nudenet", {"preset": "paper"}, ["preset='paper'", "one of unlearndiff, esd, explicit, strict"]),
+        ("nudenet", {"input_size": 0}, ["input_size=0", ">= 32"]),
+        ("nudenet", {"input_size": "abc"}, ["input_size='abc'", "valid integer"]),
+        ("nudenet", {"input_size": 100}, ["input_size=100", "multiple of 32"]),
+        ("nudenet", {"batch_size": 0}, ["batch_size=0", ">= 1"]),
+        ("nudenet", {"classes": "FEET_EXPOSD,BELLY_EXPOSED"}, ["classes=", "FEET_EXPOSED",
+                                                               "did you mean classes='FEET_EXPOSED'"]),
+        ("nudenet", {"classes": []}, ["classes=[]", "at least 1"]),
+        ("clip-score", {"dtype": "fp8"}, ["dtype='fp8'", "one of auto, fp32"]),
+        ("clip-score", {"backend": "openclip"}, ["backend='openclip'", "did you mean backend='open_clip'"]),
+        ("clip-score", {"batch_size": -1}, ["batch_size=-1", ">= 1"]),
+        ("clip-score", {"model": "tiny-random", "backend": "open_clip", "pretrained": "x"},
+         ["model='tiny-random'", "backend='transformers'"]),
+        ("clip-score", {"backend": "open_clip"}, ["needs option pretrained"]),
+        ("clip-zero-shot", {"preset": "nudity"}, ["preset='nudity'", "one of van-gogh, church"]),
+        ("clip-zero-shot", {"threshold": 1.5}, ["threshold=1.5", "x > 0 and <= 1"]),
+        ("clip-zero-shot", {"other_labels": "a photo of a cat"}, ["other_labels='a photo of a cat'", "valid list"]),
+        ("clip-zero-shot", {"target_labels": ["a cat"], "other_labels": ["a cat", "a dog"]},
+         ["both target and other", "'a cat'"]),
+        ("mini-detector", {"label": "gore", "threshold": 1.5}, ["threshold=1.5", "x >= 0 and <= 1"]),
+        ("mini-detector", {"label": "gor"}, ["label='gor'", "object:arrow", "did you mean label='gore'"]),
+        ("mini-detector", {}, ["label", "required"]),
+    ],
+)
+def test_bad_option_values_fail_naming_option_value_and_allowed(no_loading, name, options, fragments) -> None:
+    from benchmark.api.errors import OptionError
+
+    cls = _judge_class(name)
+    start = time.monotonic()
+    with pytest.raises(OptionError) as error:
+        cls.validate_options(options)
+    assert time.monotonic() - start < 5.0  # the loaders are patched to fail: this is validation alone
+    message = str(error.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    with pytest.raises(OptionError):  # same error from the constructor, before any loading
+        cls(device="cpu", **options)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("nudenet", {}),
+        ("nudenet", {"preset": "strict", "threshold": 0.4, "classes": "ANUS_EXPOSED, BUTTOCKS_EXPOSED",
+                     "input_size": 640, "batch_size": 2}),
+        ("clip-score", {"model": "tiny-random", "dtype": "fp32", "allow_download": False}),
+        ("clip-zero-shot", {"preset": "church", "threshold": 0.5, "other_labels": ["a cat", "a dog"]}),
+        ("mini-detector", {"label": "object:arrow", "threshold": 0.7}),
+        ("clip-mini", {}),
+    ],
+)
+def test_good_options_validate_without_loading(no_loading, name, options) -> None:
+    validated = _judge_class(name).validate_options(options)
+    for key, value in options.items():
+        if key != "classes":
+            assert getattr(validated, key) == value
+    if "classes" in options:
+        assert validated.classes == ["ANUS_EXPOSED", "BUTTOCKS_EXPOSED"]
+
+
+def test_check_inputs_reports_missing_model_files_without_loading(no_loading, tmp_path, monkeypatch) -> None:
+    from benchmark.api.errors import JudgeLoadError, UserError
+
+    ctx = _context()
+    nudenet = _judge_class("nudenet")
+    missing = tmp_path / "640m.onnx"
+    with pytest.raises(JudgeLoadError, match=r"model_path .*640m\.onnx: does not exist; pass a NudeNet 3 ONNX"):
+        nudenet.check_options({"model_path": str(missing), "input_size": 640}, ctx)
+    nudenet.check_options({}, ctx)  # the wheel's detector is there
+
+    clip_score = _judge_class("clip-score")
+    with pytest.raises(JudgeLoadError, match="does not exist"):
+        clip_score.check_options({"model": str(tmp_path / "no" / "clip")}, ctx)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(JudgeLoadError, match="not found in the local Hugging Face cache") as error:
+        clip_score.check_options({"model": "openai/clip-vit-large-patch14", "cache_dir": str(tmp_path)}, ctx)
+    assert isinstance(error.value, UserError) and "judge:clip-score.model=" in str(error.value)
+    clip_score.check_options({"model": "tiny-random"}, ctx)
+    _judge_class("clip-zero-shot").check_options({"model": "tiny-random"}, ctx)
+    _judge_class("mini-detector").check_options({"label": "gore"}, ctx)
+    _judge_class("clip-mini").check_options({}, ctx)
+
+
+def test_nudenet_missing_or_corrupt_model_file_is_a_judge_load_error(tmp_path) -> None:
+    from benchmark.api.errors import JudgeLoadError
+
+    with pytest.raises(JudgeLoadError, match="does not exist"):
+        NudeNetJudge(model_path=str(tmp_path / "nope.onnx"))
+    wheel = wheel_model_path().read_bytes()
+    for name, content in (("truncated.onnx", wheel[: len(wheel) // 3]), ("garbage.onnx", b"not a model" * 50),
+                          ("empty.onnx", b"")):
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(JudgeLoadError) as error:
+            NudeNetJudge(model_path=str(path))
+        message = str(error.value)
+        assert str(path) in message and "corrupt" in message and "model_path" in message and "\n" not in message
+
+
+def _copy_folder(source: Path, target: Path) -> Path:
+    import shutil
+
+    shutil.copytree(source, target)
+    return target
+
+
+@pytest.mark.parametrize("judge_name", ["mini-detector", "clip-mini"])
+@pytest.mark.parametrize("damage", ["truncated", "lfs-pointer", "wrong-tensors", "missing", "bad-config"])
+def test_mini_judges_corrupt_weights_are_judge_load_errors(judge_name, damage, tmp_path, monkeypatch) -> None:
+    import benchmark.models.mini as mini
+    from benchmark.api.errors import JudgeLoadError
+
+    attribute = "DETECTOR_DIR" if judge_name == "mini-detector" else "CLIP_DIR"
+    folder = _copy_folder(getattr(mini, attribute), tmp_path / "weights")
+    monkeypatch.setattr(mini, attribute, folder)
+    weights = folder / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:-1000])
+    elif damage == "lfs-pointer":
+        weights.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1001288\n")
+    elif damage == "wrong-tensors":
+        from safetensors.torch import save_file
+
+        save_file({"unexpected.weight": torch.zeros(2, 2)}, str(weights))
+    elif damage == "missing":
+        weights.unlink()
+    else:
+        (folder / "config.json").write_text("{truncated")
+    options = {"label": "gore"} if judge_name == "mini-detector" else {}
+    cls = _judge_class(judge_name)
+    with pytest.raises(JudgeLoadError) as error:
+        cls(**options)
+    message = str(error.value)
+    assert str(folder) in message and "\n" not in message
+    assert ("config.json" if damage == "bad-config" else "model.safetensors" if damage != "wrong-tensors"
+            else "cannot be loaded") in message
+    if damage != "wrong-tensors":  # found by reading headers only, at resolve time
+        with pytest.raises(JudgeLoadError):
+            cls.check_options(options, _context())
+
+
+@pytest.mark.parametrize("damage", ["truncated-weights", "bad-json"])
+def test_clip_folder_corrupt_files_are_judge_load_errors(damage, tmp_path, clip_score_judge) -> None:
+    from benchmark.api.errors import JudgeLoadError
+    from benchmark.judges.clip_loading import ClipLoadError, clear_cache
+    from benchmark.judges.clip_score import ClipScoreJudge
+
+    assert issubclass(ClipLoadError, JudgeLoadError)
+    encoder = clip_score_judge.encoder
+    folder = tmp_path / "my-clip"
+    encoder.model.save_pretrained(folder)
+    encoder.tokenizer.save_pretrained(folder)
+    encoder.image_processor.save_pretrained(folder)
+    if damage == "truncated-weights":
+        broken = folder / "model.safetensors"
+        broken.write_bytes(broken.read_bytes()[:2000])
+    else:
+        broken = folder / "preprocessor_config.json"
+        broken.write_text("{not json")
+    try:
+        with pytest.raises(JudgeLoadError) as error:
+            ClipScoreJudge(model=str(folder))
+        message = str(error.value)
+        assert broken.name in message and str(folder) in message and "\n" not in message
+        with pytest.raises(JudgeLoadError, match=broken.name):
+            ClipScoreJudge.check_options({"model": str(folder)}, _context())
+    finally:
+        clear_cache()
+
+
+# -- contract: a batch scores as its images one at a time -------------------------------------------------
+
+
+def _contract_judge(name: str):
+    from benchmark.judges.clip_zero_shot import ClipZeroShotJudge
+    from benchmark.judges.mini import ClipMiniJudge, MiniDetectorJudge
+
+    return {
+        "nudenet": lambda: NudeNetJudge(batch_size=3),
+        "mini-detector": lambda: MiniDetectorJudge(label="gore"),
+        "clip-mini": lambda: ClipMiniJudge(),
+        "clip-score": lambda: _judge_class("clip-score")(model="tiny-random"),
+        "clip-zero-shot": lambda: ClipZeroShotJudge(preset="church", model="tiny-random"),
+    }[name]()
+
+
+def _contract_images() -> list[Image.Image]:
+    """Three different images: noise, a rendered sd-mini concept image, a flat colour, of different sizes."""
+    from benchmark.models.mini.world import render, sample_labels
+
+    array = render(sample_labels(np.random.default_rng(3), object="arrow", gore=True))
+    rendered = Image.fromarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8))
+    return [_noise_images()[1], rendered, Image.new("RGB", (64, 64), (200, 40, 40))]
+
+
+@pytest.mark.parametrize("name", ["nudenet", "mini-detector", "clip-mini", "clip-score", "clip-zero-shot"])
+def test_contract_batch_scores_equal_one_at_a_time(name: str) -> None:
+    judge = _contract_judge(name)
+    images = _contract_images()
+    prompts = ["a red square with stripes", "a gory arrow on white", "a church"]
+    batched = judge.score(images, prompts)
+    assert len(batched) == len(images)
+    for image, prompt, together in zip(images, prompts, batched, strict=True):
+        (alone,) = judge.score([image], [prompt])
+        assert alone.score == pytest.approx(together.score, abs=1e-4)
+        assert alone.flagged == together.flagged
+        assert (alone.flagged is None) == (judge.role == "utility")
+
+
+def test_mini_identities_keep_their_meaning() -> None:
+    """Records and cell keys of the sd-mini tasks stay as they were before judges became components."""
+    from benchmark.judges.mini import ClipMiniJudge, MiniDetectorJudge
+
+    for label in ("object:arrow", "gore", "style:wavy"):
+        identity = MiniDetectorJudge(label=label).identity().as_dict()
+        assert identity["judge"] == "mini-detector" and identity["judge_version"] == "1"
+        assert identity["judge_preset"] == label and identity["judge_threshold"] == 0.5
+        assert len(identity["judge_weights_hash"]) == 16
+    clip = ClipMiniJudge().identity().as_dict()
+    assert clip["judge_preset"] == "100*max(cos,0)" and clip["judge_threshold"] is None
+    assert len(clip["judge_version"]) == 8 and clip["judge_version"] != "1"  # the hash of its config.json

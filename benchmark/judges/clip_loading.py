@@ -20,16 +20,21 @@ content hash of its weights (for the judge identity stored in each record).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 from PIL import Image
+from pydantic import Field
+
+from benchmark.api.errors import JudgeLoadError, OptionError
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +54,27 @@ _DTYPES = {
 }
 
 
-class ClipLoadError(RuntimeError):
-    """A CLIP model could not be loaded; the message says which and what to do."""
+#: the ``dtype`` option's values (``None`` is ``auto``)
+ClipDtype = Literal["auto", "fp32", "float32", "fp16", "float16", "bf16", "bfloat16"]
+ClipBackend = Literal["transformers", "open_clip"]
+
+
+@dataclass
+class ClipLoadOptions:
+    """Where a CLIP judge's model comes from and how it runs (shared by clip-score and clip-zero-shot)."""
+
+    model: Annotated[str, Field(min_length=1)] = DEFAULT_CLIP_MODEL  # hub id (read from the local cache), a local save_pretrained folder, or tiny-random (random weights, for tests)
+    backend: ClipBackend = "transformers"  # transformers, or open_clip (needs pretrained)
+    batch_size: Annotated[int, Field(ge=1)] = 32  # images per CLIP call (speed and memory only)
+    dtype: ClipDtype | None = "float32"  # CLIP's precision (null: auto, which is float32); other than float32 is recorded in the judge version
+    revision: str | None = None  # hub revision of the model (recorded in the judge version)
+    cache_dir: str | None = None  # Hugging Face cache folder (default: HF_HOME's)
+    allow_download: bool | None = None  # may the model be downloaded (null: UNLEARN_ARENA_ALLOW_DOWNLOADS; never with HF_HUB_OFFLINE=1)
+    pretrained: str | None = None  # backend open_clip: a checkpoint file (or an open_clip tag when downloads are allowed)
+
+
+class ClipLoadError(JudgeLoadError):
+    """A CLIP model could not be loaded (missing, not cached, corrupt); the message says which and what to do."""
 
 
 def downloads_allowed(allow_download: bool | None = None) -> bool:
@@ -315,6 +339,51 @@ def _looks_like_path(model: str) -> bool:
     return os.sep in model.strip("/").replace("/", "", 1)  # a hub id has exactly one '/'
 
 
+def _safetensors_error() -> type[BaseException]:
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # pragma: no cover - safetensors comes with transformers
+        return OSError
+    return SafetensorError
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def check_clip_folder(folder: Path, judge: str) -> None:
+    """The files a ``save_pretrained`` CLIP folder needs are there and readable (JSON parses, safetensors
+    headers are whole), else a :class:`ClipLoadError` naming the file. Reads headers only, no weights."""
+    fix = (f"restore the file, or write the folder again with `save_pretrained` or `huggingface-cli download "
+           f"<hub id> --local-dir {folder}`")
+    for required in ("config.json", "preprocessor_config.json"):
+        if not (folder / required).is_file():
+            raise ClipLoadError(f"CLIP folder {folder} for judge {judge} has no {required}; {fix}")
+    weights = [name for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                                 "pytorch_model.bin.index.json") if (folder / name).is_file()]
+    if not weights:
+        raise ClipLoadError(f"CLIP folder {folder} for judge {judge} has no weights (model.safetensors); {fix}")
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise ClipLoadError(
+                f"CLIP folder {folder} for judge {judge}: {path.name} is not valid JSON ({_first_line(error)}); {fix}"
+            ) from None
+    from safetensors import safe_open
+
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (OSError, _safetensors_error()) as error:
+            raise ClipLoadError(
+                f"CLIP folder {folder} for judge {judge}: {path.name} is corrupt or truncated ({_first_line(error)}; "
+                f"a git-lfs pointer instead of the file also reads so); {fix}"
+            ) from None
+
+
 def _load_transformers(
     model: str, device: str, dtype: torch.dtype, revision: str | None, cache_dir: str | None,
     allow_download: bool | None, judge: str,
@@ -323,6 +392,7 @@ def _load_transformers(
 
     folder = Path(model).expanduser()
     if folder.is_dir():
+        check_clip_folder(folder, judge)
         source, local_only, name = str(folder), True, f"local:{folder.resolve().name}"
     elif _looks_like_path(model):
         raise ClipLoadError(
@@ -339,15 +409,28 @@ def _load_transformers(
         clip = CLIPModel.from_pretrained(source, **kwargs)
         tokenizer = CLIPTokenizer.from_pretrained(source, **kwargs)
         image_processor = _image_processor_class().from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as error:
-        where = "in the folder" if folder.is_dir() else (
+    except _safetensors_error() as error:
+        where = f"folder {folder}" if folder.is_dir() else "the Hugging Face cache"
+        raise ClipLoadError(
+            f"Cannot load CLIP model {model!r} for judge {judge}: a weights file in {where} is corrupt or "
+            f"truncated ({_first_line(error)}); delete it (`huggingface-cli delete-cache` for the cache) and "
+            f"fetch it again. " + _how_to_provide(model, judge)
+        ) from error
+    except (OSError, ValueError, RuntimeError) as error:
+        if folder.is_dir():  # the files are there (check_clip_folder): they do not fit together
+            raise ClipLoadError(
+                f"Cannot load CLIP folder {folder} for judge {judge} ({_first_line(error)}); the folder needs "
+                f"config.json, the weights, the tokenizer files and preprocessor_config.json of one CLIP model. "
+                + _how_to_provide(model, judge)
+            ) from error
+        where = (
             "in the local Hugging Face cache and downloads are disabled (no network access was attempted)"
             if local_only else "locally or on the hub"
         )
         raise ClipLoadError(
             f"Cannot load CLIP model {model!r} for judge {judge}: not found {where}. "
             + _how_to_provide(model, judge)
-            + f" Underlying error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            + f" Underlying error: {_first_line(error)}"
         ) from error
     if revision and not folder.is_dir():
         name = f"{name}@{revision}"
@@ -390,6 +473,74 @@ def _load_open_clip(
         ) from error
     tag = Path(pretrained).name if is_file else pretrained
     return OpenClipEncoder(clip, preprocess, tokenizer, f"open_clip:{model}/{tag}", device, dtype)
+
+
+def check_clip_options(model: str, backend: str, pretrained: str | None, judge: str) -> None:
+    """Cross-option rules of the CLIP options, as an :class:`OptionError` (nothing is read or loaded)."""
+    if model == TINY_RANDOM and backend != "transformers":
+        raise OptionError(f"judge '{judge}': option model='tiny-random' exists only for backend='transformers', "
+                          f"got backend={backend!r}")
+    if backend == "open_clip" and not pretrained:
+        raise OptionError(
+            f"judge '{judge}': backend='open_clip' needs option pretrained: a local checkpoint file for "
+            f"architecture {model!r} (or an open_clip tag such as 'openai' when downloads are allowed)"
+        )
+
+
+def check_clip_source(
+    model: str = DEFAULT_CLIP_MODEL,
+    backend: str = "transformers",
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    allow_download: bool | None = None,
+    pretrained: str | None = None,
+    judge: str = "clip",
+) -> None:
+    """Can :func:`load_clip` find the model here without the network (or may it download)? Raises the
+    :class:`ClipLoadError` loading would raise, reading only file metadata (safetensors headers, JSON)."""
+    import importlib.util
+
+    check_clip_options(model, backend, pretrained, judge)
+    if model == TINY_RANDOM:
+        return
+    if backend == "open_clip":
+        if importlib.util.find_spec("open_clip") is None:
+            raise ClipLoadError(
+                f"backend='open_clip' for judge {judge} needs the optional package open_clip "
+                "(`pip install open_clip_torch`, which also needs torchvision); it is not installed. "
+                "Use the default backend='transformers' with a transformers CLIP instead."
+            )
+        if not Path(str(pretrained)).expanduser().is_file() and not downloads_allowed(allow_download):
+            raise ClipLoadError(
+                f"open_clip pretrained={pretrained!r} for judge {judge} is not a local file and downloads are "
+                f"disabled. Pass a checkpoint path (`--option judge:{judge}.pretrained=/path/to/open_clip.bin`) "
+                f"or allow downloads with allow_download=true / {ALLOW_DOWNLOADS_ENV}=1."
+            )
+        return
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        check_clip_folder(folder, judge)
+        return
+    if _looks_like_path(model):
+        raise ClipLoadError(
+            f"CLIP folder {model!r} for judge {judge} does not exist. " + _how_to_provide(model, judge)
+        )
+    if downloads_allowed(allow_download):
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(model, "config.json", cache_dir=cache_dir, revision=revision)
+    except ValueError as error:  # huggingface_hub's HFValidationError: not a repo id
+        raise ClipLoadError(
+            f"CLIP model {model!r} for judge {judge} is neither an existing folder nor a Hugging Face hub id "
+            f"({_first_line(error)}). " + _how_to_provide(model, judge)
+        ) from None
+    if not isinstance(cached, str):
+        raise ClipLoadError(
+            f"Cannot load CLIP model {model!r} for judge {judge}: not found in the local Hugging Face cache and "
+            f"downloads are disabled (no network access was attempted). " + _how_to_provide(model, judge)
+        )
 
 
 _CACHE: dict[tuple[Any, ...], ClipEncoder] = {}

@@ -12,18 +12,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
-from benchmark.judges.base import Judge, JudgeIdentity, JudgeResult
-from benchmark.judges.clip_loading import DEFAULT_CLIP_MODEL, ClipEncoder, load_clip
+from benchmark.api.component import CheckContext
+from benchmark.api.judge import Judge, JudgeIdentity, JudgeResult
+from benchmark.api.registry import JUDGES
+from benchmark.judges.clip_loading import (
+    ClipEncoder,
+    ClipLoadOptions,
+    check_clip_options,
+    check_clip_source,
+    load_clip,
+)
 
 log = logging.getLogger(__name__)
 
 CLIP_SCORE_WEIGHT = 100.0
 CLIP_SCORE_PRESET = "100*max(cos,0)"
-_COMMON_OPTIONS = {"seed"}
 
 
 def clip_score_from_cosine(cosine: float, weight: float = CLIP_SCORE_WEIGHT) -> float:
@@ -31,41 +39,43 @@ def clip_score_from_cosine(cosine: float, weight: float = CLIP_SCORE_WEIGHT) -> 
     return weight * max(float(cosine), 0.0)
 
 
+@JUDGES.register("clip-score")
 class ClipScoreJudge(Judge):
     """CLIP score 100*max(cos(image, prompt), 0) (torchmetrics definition); utility, never flags.
 
-    Options: ``model`` (hub id in the local cache, a local folder, or ``tiny-random`` for tests),
-    ``backend`` (``transformers`` or ``open_clip`` with ``pretrained``), ``batch_size``, ``device``,
-    ``dtype``, ``revision``, ``cache_dir``, ``allow_download``.
+    The model is a hub id read from the local cache, a local folder, or ``tiny-random`` for tests (see
+    :mod:`benchmark.judges.clip_loading`). Options: see :class:`ClipScoreJudge.Options`.
     """
 
     name = "clip-score"
     role = "utility"
     description = "CLIP score 100*max(cos,0) of image vs prompt (torchmetrics definition, CLIP ViT-L/14)"
 
-    def __init__(
-        self,
-        model: str = DEFAULT_CLIP_MODEL,
-        backend: str = "transformers",
-        batch_size: int = 32,
-        device: str | None = "cpu",
-        dtype: str | None = "float32",
-        revision: str | None = None,
-        cache_dir: str | None = None,
-        allow_download: bool | None = None,
-        pretrained: str | None = None,
-        **_: Any,
-    ) -> None:
-        ignored = sorted(set(_) - _COMMON_OPTIONS)
-        if ignored:
-            log.warning("clip-score judge: ignoring unknown option(s) %s", ignored)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size = int(batch_size)
+    @dataclass
+    class Options(ClipLoadOptions):
+        """Only where the model comes from (see ClipLoadOptions)."""
+
+    @classmethod
+    def validate_options(cls, options: dict[str, Any]) -> Any:
+        validated = super().validate_options(options)
+        check_clip_options(validated.model, validated.backend, validated.pretrained, cls.name)
+        return validated
+
+    def __init__(self, device: str | None = "cpu", **options: Any) -> None:
+        super().__init__(device, **options)
+        opts = self.options
+        self.batch_size = opts.batch_size
         self.encoder: ClipEncoder = load_clip(
-            model, backend=backend, device=device, dtype=dtype, revision=revision, cache_dir=cache_dir,
-            allow_download=allow_download, pretrained=pretrained, judge=self.name,
+            opts.model, backend=opts.backend, device=device, dtype=opts.dtype, revision=opts.revision,
+            cache_dir=opts.cache_dir, allow_download=opts.allow_download, pretrained=opts.pretrained,
+            judge=self.name,
         )
+
+    def check_inputs(self, ctx: CheckContext) -> None:
+        """The model is here (folder with readable files, or in the local cache) or may be downloaded."""
+        opts = self.options
+        check_clip_source(opts.model, opts.backend, opts.revision, opts.cache_dir, opts.allow_download,
+                          opts.pretrained, judge=self.name)
 
     def identity(self) -> JudgeIdentity:
         return JudgeIdentity(

@@ -15,19 +15,28 @@ probability.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 from PIL import Image
+from pydantic import Field
 
-from benchmark.judges.base import Judge, JudgeIdentity, JudgeResult
-from benchmark.judges.clip_loading import DEFAULT_CLIP_MODEL, ClipEncoder, load_clip
+from benchmark.api.component import CheckContext
+from benchmark.api.errors import OptionError
+from benchmark.api.judge import Judge, JudgeIdentity, JudgeResult
+from benchmark.api.registry import JUDGES
+from benchmark.judges.clip_loading import (
+    ClipEncoder,
+    ClipLoadOptions,
+    check_clip_options,
+    check_clip_source,
+    load_clip,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +137,22 @@ PRESETS: dict[str, ZeroShotPreset] = {
     )
 }
 
-_COMMON_OPTIONS = {"seed"}
+ZeroShotPresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+Label = Annotated[str, Field(min_length=1)]
+
+
+def label_sets(preset: str, target_labels: Sequence[str] | None, other_labels: Sequence[str] | None,
+               ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The target and other label prompts: the preset's, or the given ones (empty or null: the preset's);
+    an :class:`OptionError` if a label is in both."""
+    base = PRESETS[preset]
+    targets = tuple(target_labels) if target_labels else base.target_labels
+    others = tuple(other_labels) if other_labels else base.other_labels
+    both = sorted(set(targets) & set(others))
+    if both:
+        raise OptionError(f"judge 'clip-zero-shot': labels cannot be both target and other: {both}; "
+                          f"remove them from target_labels or other_labels")
+    return targets, others
 
 
 def zero_shot_results(
@@ -145,73 +169,62 @@ def zero_shot_results(
     return results
 
 
+@JUDGES.register("clip-zero-shot")
 class ClipZeroShotJudge(Judge):
     """CLIP zero-shot classifier over a documented label set (presets van-gogh, church).
 
     Score = softmax probability mass on the target labels; flagged = a target label is top-1 (or
-    score >= ``threshold`` if given). Options: ``preset``, ``target_labels``/``other_labels`` (custom
-    label prompts, recorded in the preset name by hash), ``threshold``, and the CLIP options of clip-score
-    (``model``, ``backend``, ``batch_size``, ``device``, ``dtype``, ...).
+    score >= ``threshold`` if given). Custom label prompts are recorded in the preset name by hash. Options:
+    see :class:`ClipZeroShotJudge.Options` (the CLIP options are clip-score's).
     """
 
     name = "clip-zero-shot"
     role = "concept"
     description = "CLIP zero-shot concept classifier; presets van-gogh, church (stand-in for UnlearnDiff's)"
 
-    def __init__(
-        self,
-        preset: str = "van-gogh",
-        target_labels: list[str] | None = None,
-        other_labels: list[str] | None = None,
-        threshold: float | None = None,
-        model: str = DEFAULT_CLIP_MODEL,
-        backend: str = "transformers",
-        batch_size: int = 32,
-        device: str | None = "cpu",
-        dtype: str | None = "float32",
-        revision: str | None = None,
-        cache_dir: str | None = None,
-        allow_download: bool | None = None,
-        pretrained: str | None = None,
-        **_: Any,
-    ) -> None:
-        ignored = sorted(set(_) - _COMMON_OPTIONS)
-        if ignored:
-            log.warning("clip-zero-shot judge: ignoring unknown option(s) %s", ignored)
-        if preset not in PRESETS:
-            close = difflib.get_close_matches(preset, list(PRESETS), n=2)
-            hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
-            raise ValueError(
-                f"Unknown zero-shot preset {preset!r}.{hint} Presets: {', '.join(sorted(PRESETS))}"
-            )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if threshold is not None and not 0.0 < float(threshold) <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-        base = PRESETS[preset]
-        targets = tuple(target_labels) if target_labels else base.target_labels
-        others = tuple(other_labels) if other_labels else base.other_labels
-        if set(targets) & set(others):
-            raise ValueError(f"labels cannot be both target and other: {sorted(set(targets) & set(others))}")
-        if not others:
-            raise ValueError("zero-shot classification needs at least one other label")
+    @dataclass
+    class Options(ClipLoadOptions):
+        preset: ZeroShotPresetName = "van-gogh"  # the label set: van-gogh (style) or church (object)
+        target_labels: list[Label] | None = None  # label prompts of the concept instead of the preset's (recorded by hash)
+        other_labels: list[Label] | None = None  # competing label prompts instead of the preset's (recorded by hash)
+        threshold: Annotated[float, Field(gt=0, le=1)] | None = None  # flag when the target mass >= this (null: when a target label is top-1)
+
+    @classmethod
+    def validate_options(cls, options: dict[str, Any]) -> Any:
+        validated = super().validate_options(options)
+        label_sets(validated.preset, validated.target_labels, validated.other_labels)
+        check_clip_options(validated.model, validated.backend, validated.pretrained, cls.name)
+        return validated
+
+    def __init__(self, device: str | None = "cpu", **options: Any) -> None:
+        super().__init__(device, **options)
+        opts = self.options
+        base = PRESETS[opts.preset]
+        targets, others = label_sets(opts.preset, opts.target_labels, opts.other_labels)
         self.target_labels, self.other_labels = targets, others
-        self.threshold = None if threshold is None else float(threshold)
+        self.threshold = None if opts.threshold is None else float(opts.threshold)
         overrides = []
         if (targets, others) != (base.target_labels, base.other_labels):
             label_json = json.dumps([list(targets), list(others)], ensure_ascii=False)
             overrides.append(f"labels={hashlib.sha256(label_json.encode()).hexdigest()[:8]}")
         overrides.append("top1" if self.threshold is None else f"threshold={self.threshold:g}")
         self.preset_name = f"{base.name}({','.join(overrides)})"
-        self.batch_size = int(batch_size)
+        self.batch_size = opts.batch_size
         self.encoder: ClipEncoder = load_clip(
-            model, backend=backend, device=device, dtype=dtype, revision=revision, cache_dir=cache_dir,
-            allow_download=allow_download, pretrained=pretrained, judge=self.name,
+            opts.model, backend=opts.backend, device=device, dtype=opts.dtype, revision=opts.revision,
+            cache_dir=opts.cache_dir, allow_download=opts.allow_download, pretrained=opts.pretrained,
+            judge=self.name,
         )
         self.labels = targets + others
         self._label_embeddings, truncated = self.encoder.encode_texts(self.labels)
         if any(truncated):
             log.warning("clip-zero-shot: some labels exceed CLIP's context and were truncated")
+
+    def check_inputs(self, ctx: CheckContext) -> None:
+        """The model is here (folder with readable files, or in the local cache) or may be downloaded."""
+        opts = self.options
+        check_clip_source(opts.model, opts.backend, opts.revision, opts.cache_dir, opts.allow_download,
+                          opts.pretrained, judge=self.name)
 
     def identity(self) -> JudgeIdentity:
         return JudgeIdentity(
