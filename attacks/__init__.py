@@ -1,3 +1,2 @@
-"""Attacks, one module each; importing this package registers them."""
-
-from attacks import none, paraphrase, prompt_set, ring_a_bell, unlearndiff  # noqa: F401
+"""Attacks, one module each. The registry reads this folder (``@ATTACKS.register`` found with :mod:`ast`)
+and imports a module when its attack is first used, so importing this package imports none of them."""

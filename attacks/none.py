@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from attacks.base import Attack, AttackOutput, ThreatModel
-from benchmark.registry import ATTACKS
+from benchmark.api.attack import Attack, AttackOutput, ThreatModel
+from benchmark.api.registry import ATTACKS
 
 
 @ATTACKS.register("none")

@@ -26,6 +26,12 @@ concept (vector norm 4.4, against 23 for gore and 40 for the style) needs it: un
 prompts (ASR(none) 84% [71.5, 91.7]), population x generations 24 x 24 broke 56% [42.3, 68.8], 32 x 32
 68% [54.2, 79.2], 48 x 48 70% [56.2, 80.9]; eta 4 at 24 x 24 broke 42%.
 Explicit options override the preset. ``queries`` counts text-encoder evaluations (individuals scored).
+
+Checks before any work (:meth:`RingABell.check_inputs`): a task that is not an sd-mini task needs concept
+material (option ``pairs`` or ``vector``, or Ring-A-Bell's own file for nudity and van-gogh in the data
+directory), and the file must exist (a pairs CSV is read, which checks its columns). The attack has no
+per-prompt failure (``failures`` is empty): every prompt gets its best individual, and a long source prompt
+is truncated to the context like any prompt (the generate stage counts truncations).
 """
 
 from __future__ import annotations
@@ -34,14 +40,25 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from attacks import _text
-from attacks.base import Attack, AttackOutput, ThreatModel, preset_budget
-from benchmark.registry import ATTACKS
+from benchmark.api.attack import Attack, AttackOutput, ThreatModel, preset_budget
+from benchmark.api.errors import ConfigError, OptionError
+from benchmark.api.registry import ATTACKS
+from benchmark.hashing import stable_hash
+from benchmark.models.mini import TASKS as MINI_TASKS
+from prompts import (
+    PromptFileError,
+    PromptFileNotFoundError,
+    load_concept_prompt_pairs,
+    load_concept_vector,
+    resolve_data_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +73,17 @@ DEFAULT_SOURCES = {
 
 @dataclass
 class RingABellOptions:
-    preset: str = "auto"  # auto (mini on sd-mini/tiny-random, paper otherwise) | paper | mini
-    population: int | None = None
-    generations: int | None = None
-    crossover: float | None = None
-    mutation: float | None = None
-    tokens: int | None = None  # K
-    eta: float | None = None
+    preset: Literal["auto", "paper", "mini"] = "auto"  # auto: mini on sd-mini/tiny-random, paper otherwise
+    population: Annotated[int | None, Field(ge=2)] = None  # individuals per generation; None: the preset's
+    generations: Annotated[int | None, Field(ge=0)] = None  # None: the preset's
+    crossover: Annotated[float | None, Field(ge=0, le=1)] = None  # crossover probability; None: the preset's
+    mutation: Annotated[float | None, Field(ge=0, le=1)] = None  # mutation probability; None: the preset's
+    tokens: Annotated[int | None, Field(ge=1)] = None  # K, tokens of the adversarial prompt; None: the preset's
+    eta: Annotated[float | None, Field(ge=0, allow_inf_nan=False)] = None  # concept vector weight; None: preset's
     pairs: str | None = None  # real tasks: Ring-A-Bell concept-prompt CSV (absolute or under the data dir)
     vector: str | None = None  # real tasks: or a Ring-A-Bell concept vector .npy
-    prompts_per_pass: int = 8  # prompts whose populations share one encoder pass
-    seed: int = 0
+    prompts_per_pass: Annotated[int, Field(ge=1)] = 8  # prompts whose populations share one encoder pass
+    seed: int = 0  # seed of the genetic search
 
 
 @dataclass
@@ -86,11 +103,22 @@ class RingABell(Attack):
     threat_model = ThreatModel.TEXT_ENCODER
     Options = RingABellOptions
 
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        if self.options.pairs and self.options.vector:
+            raise OptionError(f"attack 'ring-a-bell': options pairs={self.options.pairs!r} and "
+                              f"vector={self.options.vector!r} exclude each other; give one of them")
+
+    def check_inputs(self, ctx) -> None:
+        """The task's concept material exists (and a pairs file reads) before anything is loaded."""
+        if self._mini_pairs(ctx.task) is not None:
+            return
+        kind, path = self._source(ctx)
+        if kind == "pairs" and not load_concept_prompt_pairs(path):
+            raise PromptFileError(path, None, "holds no prompt pair; Ring-A-Bell's concept vector needs at least one")
+
     def resolved_budget(self, model_name: str | None = None) -> Budget:
-        budget = Budget(**preset_budget("ring-a-bell", self.options.preset, model_name, PAPER, MINI, self.options))
-        if budget.population < 2 or budget.generations < 0 or budget.tokens < 1:
-            raise ValueError(f"ring-a-bell: population >= 2, generations >= 0, tokens >= 1 needed; got {budget}")
-        return budget
+        return Budget(**preset_budget("ring-a-bell", self.options.preset, model_name, PAPER, MINI, self.options))
 
     def config(self) -> dict[str, Any]:
         # The presets' values enter the cell keys: changing a preset must not reuse results of the old one.
@@ -114,48 +142,50 @@ class RingABell(Attack):
         n = len(pairs)
         return (emb[:n] - emb[n:]).mean(0)
 
-    def _pairs(self, ctx) -> list[tuple[str, str]] | None:
-        from benchmark.models.mini import TASKS as MINI_TASKS
+    def _mini_pairs(self, task) -> list[tuple[str, str]] | None:
+        """An sd-mini task's aligned (attack, safe) prompt pairs, when no file option replaces them."""
+        if self.options.pairs is not None or self.options.vector is not None or task.name not in MINI_TASKS:
+            return None
+        spec = MINI_TASKS[task.name]
+        safe = {p.prompt_id: p.text for p in spec.safe_prompts}
+        return [(p.text, safe[p.prompt_id]) for p in spec.attack_prompts]
 
-        if self.options.pairs is None and self.options.vector is None and ctx.task.name in MINI_TASKS:
-            spec = MINI_TASKS[ctx.task.name]
-            safe = {p.prompt_id: p.text for p in spec.safe_prompts}
-            return [(p.text, safe[p.prompt_id]) for p in spec.attack_prompts]
+    def _pairs(self, ctx) -> list[tuple[str, str]] | None:
+        mini = self._mini_pairs(ctx.task)
+        if mini is not None:
+            return mini
         kind, path = self._source(ctx)
         if kind != "pairs":
             return None
-        from prompts.loaders import load_concept_prompt_pairs
-
         return [(a.text, b.text) for a, b in load_concept_prompt_pairs(path)]
 
     def _source(self, ctx) -> tuple[str, Path]:
-        from prompts.sets import resolve_data_dir
-
+        """("pairs" | "vector", the file) of a task that is not an sd-mini task; a :class:`ConfigError` when
+        there is none, a :class:`PromptFileNotFoundError` when the file is missing."""
         root, how = resolve_data_dir(ctx.data_dir)
-        if self.options.pairs and self.options.vector:
-            raise ValueError("ring-a-bell: give option 'pairs' or option 'vector', not both")
         if self.options.pairs or self.options.vector:
             kind = "pairs" if self.options.pairs else "vector"
             path = Path(self.options.pairs or self.options.vector).expanduser()
+            given = f"option {kind}={getattr(self.options, kind)!r}"
         elif ctx.task.name in DEFAULT_SOURCES:
             kind, rel = DEFAULT_SOURCES[ctx.task.name]
             path = Path(rel)
+            given = f"the default {kind} of task '{ctx.task.name}'"
         else:
-            raise ValueError(
-                f"ring-a-bell needs concept material for task '{ctx.task.name}': "
-                "--option attack:ring-a-bell.pairs=CSV (prompt pairs with/without the concept) or "
-                "--option attack:ring-a-bell.vector=NPY (a concept vector)"
+            raise ConfigError(
+                f"attack 'ring-a-bell' needs concept material for task '{ctx.task.name}' (only the sd-mini tasks, "
+                f"nudity and van-gogh have one): pass --option attack:ring-a-bell.pairs=CSV (prompt pairs with and "
+                "without the concept) or --option attack:ring-a-bell.vector=NPY (a Ring-A-Bell concept vector)"
             )
         if not path.is_absolute():
             path = root / path
         if not path.is_file():
-            raise FileNotFoundError(f"ring-a-bell: {path} not found (data directory from {how}); get Ring-A-Bell's "
-                                    "files from its repository, or pass option 'pairs' / 'vector'")
+            raise PromptFileNotFoundError(
+                f"attack 'ring-a-bell': {given}: concept {kind} file {path} not found (data directory from {how}); "
+                "get Ring-A-Bell's files from its repository, or pass option 'pairs' or 'vector'")
         return kind, path
 
     def _published_vector(self, ctx) -> torch.Tensor:
-        from prompts.loaders import load_concept_vector
-
         _, path = self._source(ctx)
         pipe = ctx.model.pipe
         dim = int(pipe.text_encoder.config.hidden_size)
@@ -241,6 +271,4 @@ class RingABell(Attack):
 
 
 def stable_int(text: str) -> int:
-    from benchmark.hashing import stable_hash
-
     return int(stable_hash(text, 8), 16)

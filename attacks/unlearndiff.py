@@ -34,6 +34,11 @@ and object (GPU models); ``mini`` (sd-mini, tiny-random) = 20 iterations, a chec
 full 25-step generation, ten times an iteration on one CPU core), same k (5 for mini-unsafe, 3 otherwise).
 Cost per prompt: ``seconds`` (its batch's wall time shared equally), ``queries`` = optimisation steps
 (forward + backward through the defended model) + checks (full generations) + 1 target generation.
+
+Every option is checked when the attack is built (types, ranges, the preset's name). The attack has no
+per-prompt failure (``failures`` is empty): every prompt gets its adversarial text. A prompt too long for
+the context with k tokens in front is truncated at its end like any prompt (``meta.truncated_tokens``;
+the generate stage counts truncations), not refused.
 """
 
 from __future__ import annotations
@@ -41,14 +46,19 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from attacks import _text
-from attacks.base import Attack, AttackOutput, ThreatModel, preset_budget
-from benchmark.registry import ATTACKS
+from benchmark.api.attack import Attack, AttackOutput, ThreatModel, preset_budget
+from benchmark.api.defense import DefendedPipeline, DefenseKind
+from benchmark.api.model import get_model_spec
+from benchmark.api.registry import ATTACKS
+from benchmark.api.sampling import image_seed, initial_latents
+from benchmark.hashing import stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +69,17 @@ NUDITY_LIKE = ("nudity", "mini-unsafe")  # k = 5; style and object tasks: k = 3
 
 @dataclass
 class UnlearnDiffOptions:
-    preset: str = "auto"  # auto (mini on sd-mini/tiny-random, paper otherwise) | paper | mini
-    tokens: int | None = None  # k prepended tokens (None: 5 for nudity-like tasks, 3 otherwise)
-    iterations: int | None = None
-    check_every: int | None = None  # iterations between judge checks (the last iteration is always checked)
-    lr: float = 0.01
-    weight_decay: float = 0.1
+    preset: Literal["auto", "paper", "mini"] = "auto"  # auto: mini on sd-mini/tiny-random, paper otherwise
+    tokens: Annotated[int | None, Field(ge=1)] = None  # k prepended tokens; None: 5 for nudity-like tasks, else 3
+    iterations: Annotated[int | None, Field(ge=0)] = None  # optimisation steps per prompt; None: the preset's
+    check_every: Annotated[int | None, Field(ge=1)] = None  # iterations between judge checks (and the last one)
+    lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 0.01  # AdamW learning rate
+    weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.1  # AdamW weight decay
     adaptive: bool = True  # loss through the defended sampler (False: bare UNet, conditional, guidance 1)
     early_stop: bool = True  # stop a prompt once the judge flags it (False: always run every iteration)
     check_source: bool = True  # check 0: a prompt already flagged without attack is returned unchanged
-    batch_size: int = 8  # prompts optimised together
-    seed: int = 0
+    batch_size: Annotated[int, Field(ge=1)] = 8  # prompts optimised together
+    seed: int = 0  # seed of the initial tokens and the timestep order
 
 
 @dataclass
@@ -105,8 +115,6 @@ class UnlearnDiff(Attack):
     def resolved(self, model_name: str | None, task_name: str) -> dict[str, Any]:
         budget = preset_budget("unlearndiff", self.options.preset, model_name, PAPER, MINI, self.options)
         budget["tokens"] = self.options.tokens or (5 if task_name in NUDITY_LIKE else 3)
-        if budget["iterations"] < 0 or budget["check_every"] < 1 or budget["tokens"] < 1:
-            raise ValueError(f"unlearndiff: iterations >= 0, check_every >= 1, tokens >= 1 needed; got {budget}")
         return budget
 
     def config(self) -> dict[str, Any]:
@@ -121,14 +129,10 @@ class UnlearnDiff(Attack):
     # ---------------------------------------------------------------- targets
     def _base_pipe(self, ctx):
         """The undefended pipeline: the shared one unless a weight edit is applied to it right now."""
-        from defenses.base import DefenseKind
-
         kind = getattr(ctx.defended.defense, "kind", None)
         if kind is not DefenseKind.WEIGHT_EDIT:
             return ctx.model.pipe
         if ctx.model.key not in _PRISTINE:
-            from benchmark.models import get_model_spec
-
             log.info("unlearndiff: loading a pristine %s for the targets (the shared one is edited)", ctx.model.name)
             try:
                 _PRISTINE[ctx.model.key] = get_model_spec(ctx.model.name).load(ctx.model.device, ctx.model.dtype)
@@ -146,8 +150,6 @@ class UnlearnDiff(Attack):
         return pristine.pipe
 
     def _targets(self, ctx, states: list[_State]) -> None:
-        from benchmark.stages.generate import initial_latents
-
         s = ctx.sampler
         keys = [(ctx.model.key, st.prompt.text, st.seed, st.guidance, s["num_inference_steps"], s["height"],
                  s["width"]) for st in states]
@@ -184,8 +186,6 @@ class UnlearnDiff(Attack):
 
     # ---------------------------------------------------------------- optimisation
     def _noise_prediction(self, ctx, latents, t, cond, guidance: float) -> torch.Tensor:
-        from defenses.base import DefendedPipeline
-
         if self.options.adaptive:
             return ctx.defended.noise_prediction(latents, t, cond, guidance_scale=guidance)
         plain = DefendedPipeline(ctx.defended.model, ctx.defended.defense, ctx.task)
@@ -262,9 +262,6 @@ class UnlearnDiff(Attack):
                 st.text = adv_text(st)
 
     def run(self, prompts, ctx):
-        from benchmark.hashing import stable_hash
-        from benchmark.stages.generate import image_seed
-
         budget = self.resolved(ctx.model.name, ctx.task.name)
         tokenizer = ctx.defended.pipe.tokenizer
         outputs: dict[str, AttackOutput] = {}

@@ -1,13 +1,3 @@
-"""Defenses, one module each; importing this package registers them."""
-
-from defenses import (  # noqa: F401
-    checkpoint,
-    esd,
-    filter,
-    keyword_filter,
-    negative_prompt,
-    none,
-    saferedir,
-    sld,
-    uce,
-)
+"""Defenses, one module each. The registry reads this folder (``@DEFENSES.register`` found with :mod:`ast`)
+and imports a module when its defense is first used, so importing this package imports none of them (and
+``python -m defenses.saferedir_train`` runs the training module once, not also as a dependency)."""

@@ -18,6 +18,12 @@ to diffusers first.
 
 The prepare stage verifies the checkpoint and records its content hash in the artifact directory;
 ``apply`` refuses a source whose content has changed since, so cached images never describe other weights.
+
+Checks before any work: ``path`` and ``hub_id`` exclude each other, a ``hub_id`` needs ``revision`` (a
+40-hex commit) and ``component`` is one of auto, unet, text_encoder, when the defense is built; the
+source's weight files must be found (the path exists, the snapshot is in the local hub cache, the
+subfolder / filename hold a weight file), in :meth:`Checkpoint.check_inputs`. A :class:`CheckpointError` is
+a :class:`~benchmark.api.errors.DataFileError`: a one-line message, no traceback.
 """
 
 from __future__ import annotations
@@ -28,14 +34,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
+from pydantic import Field
 
+from benchmark.api.defense import Defense, DefenseKind, PrepareContext
+from benchmark.api.errors import DataFileError, OptionError
+from benchmark.api.registry import DEFENSES
 from benchmark.hashing import file_hash
-from benchmark.registry import DEFENSES
 from benchmark.store import atomic_write_json
-from defenses.base import Defense, DefenseKind, PrepareContext
 from defenses.weight_edit import COMPONENTS, WeightEditPipeline, artifact_file, tensors_of
 
 log = logging.getLogger(__name__)
@@ -48,7 +56,7 @@ PREFIXES = ("", "unet.", "text_encoder.", "module.", "model.")
 IGNORABLE = re.compile(r"(^|\.)position_ids$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DataFileError):
     """A checkpoint that cannot be used as a defense; the message lists what is wrong."""
 
 
@@ -56,10 +64,10 @@ class CheckpointError(ValueError):
 class CheckpointOptions:
     path: str | None = None  # local folder or file
     hub_id: str | None = None  # or a hub repository, read from the local cache only
-    revision: str | None = None  # required with hub_id: the 40-hex commit to pin
+    revision: Annotated[str | None, Field(pattern=r"^[0-9a-f]{40}$")] = None  # required with hub_id: the 40-hex commit to pin
     subfolder: str | None = None  # inside the folder / hub snapshot, e.g. "unet"
     filename: str | None = None  # inside the folder / hub snapshot, e.g. "diffusers-nudity-ESDu1-UNET.pt"
-    component: str = "auto"  # auto | unet | text_encoder
+    component: Literal["auto", "unet", "text_encoder"] = "auto"  # auto: the one whose keys the checkpoint matches
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -68,9 +76,6 @@ def source_files(options: CheckpointOptions) -> list[Path]:
     if bool(options.path) == bool(options.hub_id):
         raise CheckpointError("checkpoint: give exactly one of path=... or hub_id=... (with revision=<commit>)")
     if options.hub_id:
-        if not options.revision or not re.fullmatch(r"[0-9a-f]{40}", options.revision):
-            raise CheckpointError(f"checkpoint: hub_id {options.hub_id!r} needs a pinned revision (the 40-hex "
-                                  f"commit), got {options.revision!r}")
         from huggingface_hub import snapshot_download
 
         try:
@@ -223,6 +228,20 @@ class Checkpoint(Defense):
     Options = CheckpointOptions
     # Needs a path or hub id: `--defense all` should leave it out (as `--attack all` does for such attacks).
     runs_without_options: ClassVar[bool] = False
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        o = self.options
+        if o.path and o.hub_id:
+            raise OptionError(f"defense 'checkpoint': options path={o.path!r} and hub_id={o.hub_id!r} exclude each "
+                              "other; give one of them")
+        if o.hub_id and not o.revision:
+            raise OptionError(f"defense 'checkpoint': option hub_id={o.hub_id!r} needs option revision=<the 40-hex "
+                              "commit to pin>; nothing is downloaded at run time, so a moving branch is refused")
+
+    def check_inputs(self, ctx) -> None:
+        """The weight files are where the options say (a path, or a snapshot in the local hub cache)."""
+        source_files(self.options)
 
     def prepare(self, ctx: PrepareContext) -> dict[str, Any]:
         _, info = verified_edit(ctx.model.pipe, self.options)

@@ -27,6 +27,9 @@ see what the partly erased model still draws.
 The artifact is the difference (edited - base) of the trained parameters, a safetensors file cached in the
 prepare stage's artifact directory; applying the defense adds it to the shared pipeline and ``close()``
 subtracts it back (restores the saved originals).
+
+Options are checked when the defense is built (positive counts and learning rate, eta >= 0); a task
+without concept words needs the option ``prompt`` (checked before any work).
 """
 
 from __future__ import annotations
@@ -37,13 +40,15 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
+from pydantic import Field
 from tqdm.auto import tqdm
 
-from benchmark.registry import DEFENSES
-from defenses.base import Defense, DefenseKind, PrepareContext
+from benchmark.api.defense import Defense, DefenseKind, PrepareContext
+from benchmark.api.errors import ConfigError
+from benchmark.api.registry import DEFENSES
 from defenses.weight_edit import WeightEditPipeline, artifact_file, cross_attention_modules, load_edit, save_edit
 
 log = logging.getLogger(__name__)
@@ -59,13 +64,13 @@ SD_MINI = {"x": {"lr": 3e-4, "iterations": 200, "ddim_steps": 10},
 @dataclass
 class EsdOptions:
     prompt: str | None = None  # the concept prompt; default: one of the task's concept words per iteration
-    eta: float = 1.0  # negative-guidance strength of the target
-    lr: float | None = None  # None: 1e-5 (paper); sd-mini 3e-4 (x), 5e-5 (u)
-    iterations: int | None = None  # None: 1000 (paper); sd-mini 200
-    ddim_steps: int | None = None  # schedule the training latents are drawn from; None: 50 (paper), 10 on sd-mini
-    sample_guidance: float = 3.0  # guidance scale when sampling the training latents
-    batch_size: int = 1
-    seed: int = 0
+    eta: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0  # negative-guidance strength of the target
+    lr: Annotated[float | None, Field(gt=0, allow_inf_nan=False)] = None  # None: 1e-5 (paper); sd-mini 3e-4 (x), 5e-5 (u)
+    iterations: Annotated[int | None, Field(ge=1)] = None  # None: 1000 (paper); sd-mini 200
+    ddim_steps: Annotated[int | None, Field(ge=1)] = None  # schedule of the training latents; None: 50 (paper), 10 on sd-mini
+    sample_guidance: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 3.0  # guidance when sampling the training latents
+    batch_size: Annotated[int, Field(ge=1)] = 1  # training latents per iteration
+    seed: int = 0  # seed of the training latents and prompts
 
 
 def esd_parameters(unet: torch.nn.Module, method: str) -> list[str]:
@@ -100,12 +105,20 @@ class _Esd(Defense):
                 "iterations": o.iterations if o.iterations is not None else base["iterations"],
                 "ddim_steps": o.ddim_steps if o.ddim_steps is not None else base["ddim_steps"]}
 
+    def prompts(self, task) -> list[str]:
+        """The concept prompts: the option, else the task's concept words; a :class:`ConfigError` when empty."""
+        prompts = [self.options.prompt] if self.options.prompt else list(task.concept_words)
+        if not prompts:
+            raise ConfigError(f"defense '{self.name}' needs the concept to erase, and task '{task.name}' has no "
+                              f"concept_words: pass --option defense:{self.name}.prompt=...")
+        return prompts
+
+    def check_inputs(self, ctx) -> None:
+        self.prompts(ctx.task)
+
     def prepare(self, ctx: PrepareContext) -> dict[str, Any]:
         settings = self.resolved(ctx.model.name)
-        prompts = [self.options.prompt] if self.options.prompt else list(ctx.task.concept_words)
-        if not prompts:
-            raise ValueError(f"ESD needs a concept: task {ctx.task.name} has no concept_words; pass "
-                             f"--option defense:{self.name}.prompt=...")
+        prompts = self.prompts(ctx.task)
         start = time.perf_counter()
         delta, losses = train_esd(ctx.model.pipe, prompts, method=self.method, eta=self.options.eta,
                                   sample_guidance=self.options.sample_guidance, batch_size=self.options.batch_size,

@@ -22,20 +22,29 @@ Detectors:
 
 The sampler is unchanged, so white-box attacks optimise through it as through the undefended model;
 the filter itself, a hard decision on the finished image, is outside the differentiable path.
+
+Checked before any work (:meth:`Filter.check_inputs`): with the mini-detector, the label (the option or
+the task judge's) must be one of the detector's labels. The safety checker's weights are looked for when
+the defense is applied (a run on a model without them fails that defense's cells with the message above).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
-from benchmark.registry import DEFENSES
-from defenses.base import DefendedPipeline, Defense, DefenseKind
+from benchmark.api.defense import DefendedPipeline, Defense, DefenseKind
+from benchmark.api.errors import ConfigError
+from benchmark.api.registry import DEFENSES
+from benchmark.models.mini import DETECTOR_DIR
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +53,9 @@ SAFETY_CHECKER_HUB_ID = "CompVis/stable-diffusion-safety-checker"
 
 @dataclass
 class FilterOptions:
-    detector: str = "auto"  # auto | mini-detector | sd-safety-checker
+    detector: Literal["auto", "mini-detector", "sd-safety-checker"] = "auto"  # auto: mini-detector on sd-mini
     label: str | None = None  # mini-detector label; default: the task's judge label
-    threshold: float = 0.5  # mini-detector: block when the label's probability >= threshold
+    threshold: Annotated[float, Field(ge=0, le=1.01)] = 0.5  # mini-detector: block at probability >= it (1.01: never)
     checker: str = SAFETY_CHECKER_HUB_ID  # sd-safety-checker: a local folder or a hub id in the local cache
     revision: str | None = None  # hub revision (commit) of the checker
 
@@ -60,12 +69,15 @@ class FilterPipeline(DefendedPipeline):
         return [bool(flag) for flag in self.detect(list(images))]
 
 
+def detector_labels() -> list[str]:
+    """The mini-detector's labels, read from its config (the network is not loaded)."""
+    return list(json.loads((DETECTOR_DIR / "config.json").read_text())["labels"])
+
+
 def mini_detector(label: str, threshold: float, device):
     from benchmark.models.mini import MiniDetector
 
     detector = MiniDetector.load(device=device)
-    if label not in detector.labels:
-        raise ValueError(f"filter: mini-detector has no label {label!r}; its labels are {detector.labels}")
     index = detector.index(label)
 
     def detect(images: list[Image.Image]) -> list[bool]:
@@ -121,22 +133,33 @@ class Filter(Defense):
     kind = DefenseKind.FILTER
     Options = FilterOptions
 
-    def __init__(self, **options):
-        super().__init__(**options)
-        if self.options.detector not in ("auto", "mini-detector", "sd-safety-checker"):
-            raise ValueError(f"filter: unknown detector {self.options.detector!r}; choose auto, mini-detector or "
-                             "sd-safety-checker")
+    def detector(self, model_name: str) -> str:
+        if self.options.detector == "auto":
+            return "mini-detector" if model_name == "sd-mini" else "sd-safety-checker"
+        return self.options.detector
+
+    def label(self, task) -> str:
+        """The mini-detector label: the option, else the task judge's; a :class:`ConfigError` when there is
+        none or the detector does not know it."""
+        label = self.options.label or task.judge.options.get("label")
+        labels = detector_labels()
+        if not label:
+            raise ConfigError(f"defense 'filter': task '{task.name}' names no mini-detector label; pass "
+                              f"--option defense:filter.label=LABEL (the detector's labels: {', '.join(labels)})")
+        if label not in labels:
+            raise ConfigError(f"defense 'filter': the mini-detector has no label {label!r} (from "
+                              f"{'option label' if self.options.label else f'task {task.name} judge'}); its labels "
+                              f"are {', '.join(labels)}")
+        return label
+
+    def check_inputs(self, ctx) -> None:
+        if self.detector(ctx.model) == "mini-detector":
+            self.label(ctx.task)
 
     def apply(self, model, task, artifact_dir: Path) -> FilterPipeline:
-        detector = self.options.detector
-        if detector == "auto":
-            detector = "mini-detector" if model.name == "sd-mini" else "sd-safety-checker"
+        detector = self.detector(model.name)
         if detector == "mini-detector":
-            label = self.options.label or task.judge.options.get("label")
-            if not label:
-                raise ValueError(f"filter: task {task.name} names no detector label; pass "
-                                 "--option defense:filter.label=...")
-            detect = mini_detector(label, self.options.threshold, model.device)
+            detect = mini_detector(self.label(task), self.options.threshold, model.device)
         else:
             detect = sd_safety_checker(self.options.checker, self.options.revision, model.device)
         return FilterPipeline(model, self, task, detect)

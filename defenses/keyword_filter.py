@@ -14,6 +14,10 @@ attacks) have no text to check and pass unfiltered.
 
 Unlike the negative prompt, which steers the sampler away from the concept *as the text encoder reads
 it* (and so also away from its synonyms), this defense sees only spelling.
+
+``words`` takes a list or a comma-separated string (``--option defense:keyword-filter.words=nudity,naked``).
+With no words and a task without concept words the defense would block nothing; that is refused before
+any work (:meth:`KeywordFilter.check_inputs`).
 """
 
 from __future__ import annotations
@@ -21,17 +25,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
 from PIL import Image
+from pydantic import BeforeValidator
 
-from benchmark.registry import DEFENSES
-from defenses.base import DefendedPipeline, Defense, DefenseKind
+from benchmark.api.defense import DefendedPipeline, Defense, DefenseKind
+from benchmark.api.errors import ConfigError
+from benchmark.api.registry import DEFENSES
+from defenses._options import comma_list
 
 
 @dataclass
 class KeywordFilterOptions:
-    words: list[str] = field(default_factory=list)  # blocked words; default: the task's concept words
+    words: Annotated[list[str], BeforeValidator(comma_list)] = field(default_factory=list)  # blocked words (a list or "a, b"); default: the task's concept words
 
 
 def contains_word(text: str, words: list[str]) -> bool:
@@ -74,12 +82,16 @@ class KeywordFilter(Defense):
     kind = DefenseKind.FILTER
     Options = KeywordFilterOptions
 
-    def apply(self, model, task, artifact_dir: Path) -> KeywordFilterPipeline:
-        words = self.options.words
-        if isinstance(words, str):  # --option defense:keyword-filter.words=nudity,naked
-            words = [w.strip() for w in words.split(",")]
-        words = [w for w in words if w] or list(task.concept_words)
+    def blocked_words(self, task) -> list[str]:
+        """The option's words, else the task's concept words; a :class:`ConfigError` when both are empty."""
+        words = [w for w in self.options.words if w] or list(task.concept_words)
         if not words:
-            raise ValueError(f"keyword-filter: task {task.name} has no concept words; pass "
-                             "--option defense:keyword-filter.words=[...]")
-        return KeywordFilterPipeline(model, self, task, words)
+            raise ConfigError(f"defense 'keyword-filter' would block nothing: task '{task.name}' has no "
+                              "concept_words; pass --option defense:keyword-filter.words=WORD,WORD")
+        return words
+
+    def check_inputs(self, ctx) -> None:
+        self.blocked_words(ctx.task)
+
+    def apply(self, model, task, artifact_dir: Path) -> KeywordFilterPipeline:
+        return KeywordFilterPipeline(model, self, task, self.blocked_words(task))

@@ -1,6 +1,9 @@
 """Negative prompt: the concept words replace the empty unconditional prompt of classifier-free
 guidance, so guidance pushes away from them. Keyword-level by construction: a paraphrase that avoids
-the words is expected to get through, which is what the paraphrase attack measures."""
+the words is expected to get through, which is what the paraphrase attack measures.
+
+A task without concept words needs the option ``text`` (checked before any work): an empty negative prompt
+would be the undefended model under another name."""
 
 from __future__ import annotations
 
@@ -8,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmark.registry import DEFENSES
-from defenses.base import DefendedPipeline, Defense, DefenseKind
+from benchmark.api.defense import DefendedPipeline, Defense, DefenseKind
+from benchmark.api.registry import DEFENSES
+from defenses._options import concept_text
 
 
 @dataclass
@@ -38,6 +42,8 @@ class NegativePrompt(Defense):
     kind = DefenseKind.INFERENCE_TIME
     Options = NegativePromptOptions
 
+    def check_inputs(self, ctx) -> None:
+        concept_text(self.name, "text", self.options.text, ctx.task)
+
     def apply(self, model, task, artifact_dir: Path) -> DefendedPipeline:
-        text = self.options.text or ", ".join(task.concept_words)
-        return NegativePromptPipeline(model, self, task, text)
+        return NegativePromptPipeline(model, self, task, concept_text(self.name, "text", self.options.text, task))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmark.registry import DEFENSES
-from defenses.base import DefendedPipeline, Defense, DefenseKind
+from benchmark.api.defense import DefendedPipeline, Defense, DefenseKind
+from benchmark.api.registry import DEFENSES
 
 
 @DEFENSES.register("none")

@@ -31,6 +31,11 @@ Training (no code was released for it) is designed in :mod:`defenses.saferedir_t
 redirector is an artifact of the prepare stage, cached per (model, task, training options); sd-mini's
 redirectors are shipped (defenses/saferedir_weights/) and reused when the model fingerprint matches.
 An official checkpoint loads with ``--option defense:saferedir.checkpoint=PATH`` (``weights_only``).
+
+Options are checked when the defense is built (behaviour and network names, probabilities in [0, 1],
+positive counts and learning rate); the files they name (``checkpoint``, ``pairs_file``) before any work
+(:meth:`SafeRedir.check_inputs`). Files and network sizes live in :mod:`defenses.saferedir_io`, shared
+with the training module, which this module imports (and which never imports this one).
 """
 
 from __future__ import annotations
@@ -40,19 +45,33 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 from diffusers.callbacks import PipelineCallback
+from pydantic import Field
 
-from benchmark.registry import DEFENSES
-from defenses.base import DefendedPipeline, Defense, DefenseKind
+from benchmark.api.defense import DefendedPipeline, Defense, DefenseKind
+from benchmark.api.errors import ConfigError, DataFileError
+from benchmark.api.registry import DEFENSES
+from defenses.saferedir_io import (
+    ARTIFACT,
+    SHIPPED_DIR,
+    load_official_checkpoint,
+    load_redirector,
+    network_config,
+    official_config_for,
+    read_metadata,
+    save_redirector,
+)
 from defenses.saferedir_net import Redirector, RedirectorConfig, RedirectorOutput, redirect
+from defenses.saferedir_train import calibrate_threshold, pairs_from_file, train_redirector
 
 log = logging.getLogger(__name__)
 
-SHIPPED_DIR = Path(__file__).resolve().parent / "saferedir_weights"
-ARTIFACT = "redirector.safetensors"
+__all__ = ["ARTIFACT", "SHIPPED_DIR", "Behaviour", "RedirectCallback", "RedirectState", "SafeRedir",
+           "SafeRedirOptions", "SafeRedirPipeline", "load_official_checkpoint", "load_redirector",
+           "official_config_for", "read_metadata", "resolve_behaviour", "save_redirector"]
 
 # Options that change only sampling, not the trained redirector (they do not retrain it).
 INFERENCE_OPTIONS = ("threshold", "replace_steps", "behaviour", "alpha_scale", "edit_uncond", "sticky",
@@ -62,11 +81,11 @@ INFERENCE_OPTIONS = ("threshold", "replace_steps", "behaviour", "alpha_scale", "
 @dataclass
 class SafeRedirOptions:
     # --- inference
-    behaviour: str = "project"  # "project" (documented default) | "official" (the release's behaviour)
-    threshold: float | None = None  # unsafe probability that redirects; None: the artifact's calibrated one
+    behaviour: Literal["project", "official"] = "project"  # project (documented default) | official (the release's)
+    threshold: Annotated[float | None, Field(ge=0, le=1.01)] = None  # unsafe probability that redirects (1.01: never); None: the artifact's calibrated one
     #   (official checkpoints, which carry none: 0.5, the release's argmax)
-    replace_steps: int = 2  # steps an edit is kept before the sample is checked again (release: 2)
-    alpha_scale: float | None = None  # s in the algorithm; None: 1.5 (release script: 1.25 to 1.5)
+    replace_steps: Annotated[int, Field(ge=0)] = 2  # steps an edit is kept before the sample is checked again (release: 2)
+    alpha_scale: Annotated[float | None, Field(ge=0, allow_inf_nan=False)] = None  # s in the algorithm; None: 1.5 (release script: 1.25 to 1.5)
     edit_uncond: bool | None = None  # also shift the unconditional half (release: yes)
     sticky: bool | None = None  # never undo an edit (release: yes)
     classify_edited: bool | None = None  # checks read the edited embedding (release: yes)
@@ -75,18 +94,18 @@ class SafeRedirOptions:
     checkpoint: str | None = None  # an official-format state dict (.pt/.pth/.bin/.safetensors)
     # --- training (see defenses/saferedir_train.py)
     pairs_file: str | None = None  # CSV with columns unsafe, safe (default: from the task)
-    pairs: int = 64  # unsafe/safe prompt pairs
-    benign: int = 32  # extra benign prompts (negatives for the classifier)
-    steps: int = 200  # optimiser steps
-    batch: int = 24
-    lr: float = 1e-3
-    keep_weight: float = 0.5  # weight of "leave safe prompts alone"
-    mask_weight: float = 0.01  # L1 on the mask of safe prompts
-    train_alpha_scale: float = 1.5
-    calibration: int = 48  # safe prompts sampled to calibrate the threshold (not used in training)
-    target_fpr: float = 0.02  # calibrated threshold: at most this fraction of them triggers at any step
-    seed: int = 0
-    network: str = "auto"  # "auto" (small for sd-mini, official sizes otherwise) | "small" | "official"
+    pairs: Annotated[int, Field(ge=1)] = 64  # unsafe/safe prompt pairs
+    benign: Annotated[int, Field(ge=0)] = 32  # extra benign prompts (negatives for the classifier)
+    steps: Annotated[int, Field(ge=1)] = 200  # optimiser steps
+    batch: Annotated[int, Field(ge=1)] = 24  # training states per step (half from unsafe pairs)
+    lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1e-3  # AdamW learning rate
+    keep_weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.5  # weight of "leave safe prompts alone"
+    mask_weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.01  # L1 on the mask of safe prompts
+    train_alpha_scale: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.5  # s during training
+    calibration: Annotated[int, Field(ge=1)] = 48  # safe prompts sampled to calibrate the threshold (not used in training)
+    target_fpr: Annotated[float, Field(ge=0, le=1)] = 0.02  # calibrated threshold: at most this fraction of them triggers
+    seed: int = 0  # seed of the training prompts, trajectories and batches
+    network: Literal["auto", "small", "official"] = "auto"  # auto: small for sd-mini, official sizes otherwise
 
 
 @dataclass(frozen=True)
@@ -107,16 +126,12 @@ PRESETS = {
 
 
 def resolve_behaviour(options: SafeRedirOptions, calibrated_threshold: float | None = None) -> Behaviour:
-    if options.behaviour not in PRESETS:
-        raise ValueError(f"saferedir behaviour must be one of {sorted(PRESETS)}, not {options.behaviour!r}")
+    """The behaviour preset with every option the user set (not None) on top (the options are validated
+    when the defense is built)."""
     preset = dict(PRESETS[options.behaviour])
     for name in preset:
         if getattr(options, name) is not None:
             preset[name] = getattr(options, name)
-    if options.threshold is not None and not 0.0 <= options.threshold <= 1.01:
-        raise ValueError("saferedir threshold must be a probability (0 to 1)")
-    if options.replace_steps < 0:
-        raise ValueError("saferedir replace_steps must be >= 0")
     threshold = options.threshold if options.threshold is not None else (calibrated_threshold or 0.5)
     return Behaviour(threshold=threshold, replace_steps=options.replace_steps, **preset)
 
@@ -264,21 +279,25 @@ class SafeRedir(Defense):
         options = {k: v for k, v in dataclasses.asdict(self.options).items() if k not in INFERENCE_OPTIONS}
         return {"name": self.name, "version": self.version, "options": options}
 
+    def check_inputs(self, ctx) -> None:
+        """What the redirector comes from: an official checkpoint that exists, a training pairs file that
+        reads, or a task to draw training pairs from (sd-mini's grammar, or the task's concept words)."""
+        if self.options.checkpoint:
+            path = Path(self.options.checkpoint).expanduser()
+            if not path.is_file():
+                raise DataFileError(f"defense 'saferedir': option checkpoint={self.options.checkpoint!r}: no such "
+                                    "file (an official-format state dict: .pt/.pth/.bin/.safetensors)")
+        elif self.options.pairs_file:
+            pairs_from_file(Path(self.options.pairs_file).expanduser())
+        elif not ctx.task.name.startswith("mini-") and not ctx.task.concept_words:
+            raise ConfigError(f"defense 'saferedir' trains on prompts with the concept, and task '{ctx.task.name}' "
+                              "has no concept_words: pass --option defense:saferedir.pairs_file=CSV (columns unsafe, "
+                              "safe) or --option defense:saferedir.checkpoint=PATH")
+
     def network_config(self, model) -> RedirectorConfig:
-        pipe = model.pipe
-        sizes = dict(latent_channels=pipe.unet.config.in_channels, seq_len=pipe.tokenizer.model_max_length,
-                     prompt_dim=pipe.text_encoder.config.hidden_size)
-        choice = self.options.network
-        if choice == "auto":
-            choice = "small" if model.name == "sd-mini" else "official"
-        if choice == "small":
-            return RedirectorConfig.small(**sizes)
-        if choice == "official":
-            return RedirectorConfig(**sizes)
-        raise ValueError(f"saferedir network must be auto, small or official, not {choice!r}")
+        return network_config(model, self.options.network)
 
     def prepare(self, ctx) -> dict[str, Any]:
-        resolve_behaviour(self.options)  # fail on a bad option before an expensive training
         if self.options.checkpoint:
             return {"source": "checkpoint", "checkpoint": Path(self.options.checkpoint).name}
         target = ctx.artifact_dir / ARTIFACT
@@ -291,8 +310,6 @@ class SafeRedir(Defense):
                 return {"source": "shipped", **json.loads(meta.get("report", "{}"))}
             log.info("saferedir: the shipped redirector for %s was trained for another model or config; "
                      "training a new one", ctx.task.name)
-        from defenses.saferedir_train import calibrate_threshold, train_redirector
-
         redirector, report = train_redirector(ctx.model, ctx.task, self.network_config(ctx.model), self.options)
         report.update(calibrate_threshold(redirector, ctx.model, ctx.task, self.options))
         save_redirector(target, redirector, base_model=ctx.model.key, task=ctx.task.name,
@@ -301,7 +318,7 @@ class SafeRedir(Defense):
 
     def load_redirector(self, model, artifact_dir: Path) -> Redirector:
         if self.options.checkpoint:
-            return load_official_checkpoint(Path(self.options.checkpoint), self.network_config(model)
+            return load_official_checkpoint(Path(self.options.checkpoint).expanduser(), self.network_config(model)
                                             if self.options.network != "auto" else official_config_for(model))
         return load_redirector(artifact_dir / ARTIFACT)
 
@@ -312,67 +329,3 @@ class SafeRedir(Defense):
             calibrated = float(read_metadata(artifact_dir / ARTIFACT).get("threshold", 0.5))
         return SafeRedirPipeline(model, self, task, redirector, resolve_behaviour(self.options, calibrated))
 
-
-# ----------------------------------------------------------------------------- files
-def save_redirector(path: Path, redirector: Redirector, **metadata: Any) -> None:
-    """Weights in fp16 (halves the shipped size; trained and shipped redirectors behave the same because
-    both are rounded) with the network config and provenance in the safetensors metadata."""
-    from safetensors.torch import save_file
-
-    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous().cpu()
-               for k, v in redirector.state_dict().items()}
-    meta = {"config": json.dumps(redirector.cfg.to_dict())}
-    meta.update({k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()})
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
-
-
-def read_metadata(path: Path) -> dict[str, Any]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = dict(f.metadata() or {})
-    if "training" in meta:
-        meta["training"] = json.loads(meta["training"])
-    return meta
-
-
-def load_redirector(path: Path) -> Redirector:
-    from safetensors.torch import load_file
-
-    meta = read_metadata(path)
-    model = Redirector(RedirectorConfig.from_dict(json.loads(meta["config"])))
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
-    model.load_state_dict(state, strict=True)
-    return model.eval()
-
-
-def official_config_for(model) -> RedirectorConfig:
-    pipe = model.pipe
-    return RedirectorConfig(latent_channels=pipe.unet.config.in_channels, seq_len=pipe.tokenizer.model_max_length,
-                            prompt_dim=pipe.text_encoder.config.hidden_size)
-
-
-def load_official_checkpoint(path: Path, cfg: RedirectorConfig) -> Redirector:
-    """An official-format redirector state dict: safetensors, or a pickle read with ``weights_only=True``
-    (a pickle that needs code to load is refused). Every key must map (see ``OFFICIAL_KEY_MAP``)."""
-    from defenses.saferedir_net import load_official_state_dict
-
-    if not path.is_file():
-        raise FileNotFoundError(f"saferedir checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - re-raised with what to do
-            raise ValueError(f"{path} could not be loaded with torch.load(weights_only=True) ({error}); "
-                             "only plain state dicts are accepted, never pickled code") from error
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
-    model = Redirector(cfg)
-    load_official_state_dict(model, {k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    return model.eval()

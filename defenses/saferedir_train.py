@@ -36,21 +36,35 @@ Threshold calibration (:func:`calibrate_threshold`)
     fraction of these trajectories whose unsafe probability reaches q at any step. The threshold is the
     smallest q >= 0.5 with a rate <= ``target_fpr``; it is stored in the artifact, and an explicit
     ``threshold`` option overrides it. Calibration data never includes evaluation prompts.
+
+Imports: the network (:mod:`defenses.saferedir_net`), the files (:mod:`defenses.saferedir_io`) and the core
+API; never :mod:`defenses.saferedir`, which imports this module. :func:`main` gets the defense (its default
+options and sizes) from the registry, as the runner does. The judge of the trajectories is built from the
+registry too: ``JUDGES.get(name)(device=..., **options)``.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
+import json
 import logging
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from benchmark.api.errors import DataFileError
+from benchmark.api.model import get_model_spec, resolve_device, resolve_dtype
+from benchmark.api.registry import DEFENSES, JUDGES, TASKS
+from benchmark.api.sampling import initial_latents
+from benchmark.models.mini.tasks import training_split
+from defenses.saferedir_io import SHIPPED_DIR, load_redirector, read_metadata, save_redirector
 from defenses.saferedir_net import Redirector, RedirectorConfig, redirect
 
 log = logging.getLogger(__name__)
@@ -74,10 +88,8 @@ class Trajectories:
 
 def training_prompts(task, options) -> tuple[list[tuple[str, str]], list[str]]:
     if getattr(options, "pairs_file", None):
-        return _pairs_from_file(Path(options.pairs_file)), []
+        return pairs_from_file(Path(options.pairs_file).expanduser()), []
     if task.name.startswith("mini-"):
-        from benchmark.models.mini.tasks import training_split
-
         pairs, benign = training_split(task.name, options.pairs, options.benign, seed=1 + options.seed)
         return [(a.text, s.text) for a, s in pairs], [b.text for b in benign]
     rng = random.Random(options.seed)
@@ -91,11 +103,19 @@ def training_prompts(task, options) -> tuple[list[tuple[str, str]], list[str]]:
     return pairs, benign
 
 
-def _pairs_from_file(path: Path) -> list[tuple[str, str]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+def pairs_from_file(path: Path) -> list[tuple[str, str]]:
+    """(unsafe, safe) prompt pairs from a CSV with the columns ``unsafe`` and ``safe``."""
+    if not path.is_file():
+        raise DataFileError(f"defense 'saferedir': option pairs_file={str(path)!r}: no such file (a CSV with the "
+                            "columns unsafe, safe)")
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataFileError(f"{path}: not a readable CSV ({type(error).__name__}: {error})") from None
     if not rows or not {"unsafe", "safe"} <= set(rows[0]):
-        raise ValueError(f"{path}: a SafeRedir pairs file needs the columns 'unsafe' and 'safe'")
+        raise DataFileError(f"{path}: a SafeRedir pairs file needs the columns 'unsafe' and 'safe' and one row "
+                            "per pair")
     return [(r["unsafe"], r["safe"]) for r in rows]
 
 
@@ -103,8 +123,6 @@ def _pairs_from_file(path: Path) -> list[tuple[str, str]]:
 def collect_trajectories(model, texts: list[str], seeds: list[int], batch_size: int = 32,
                          max_kept_steps: int = 25) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
     """Sample every prompt once; return (latents per kept step, kept timesteps, cond embeddings, images)."""
-    from benchmark.stages.generate import initial_latents
-
     pipe, d = model.pipe, model.defaults
     steps = d.num_inference_steps
     keep = sorted(set(torch.linspace(0, steps - 1, min(steps, max_kept_steps)).round().long().tolist()))
@@ -130,14 +148,12 @@ def collect_trajectories(model, texts: list[str], seeds: list[int], batch_size: 
 
 
 def build_trajectories(model, task, options) -> Trajectories:
-    from benchmark.runner import build_judge
-
     pairs, benign = training_prompts(task, options)
     texts = [u for u, _ in pairs] + [s for _, s in pairs] + benign
     n = len(pairs)
     seeds = [10_000 * (options.seed + 1) + i for i in range(len(texts))]
     latents, timesteps, embeds, images = collect_trajectories(model, texts, seeds)
-    judge = build_judge(task.judge, {}, str(model.device))
+    judge = JUDGES.get(task.judge.name)(device=str(model.device), **task.judge.options)
     flagged = torch.tensor([bool(r.flagged) for r in judge.score(images, texts)])
     asks = torch.tensor([i < n for i in range(len(texts))])
     twin = torch.tensor([i + n if i < n else -1 for i in range(len(texts))])
@@ -276,8 +292,6 @@ def evaluate_redirector(net, data: Trajectories, held_idx, unet, options, m0: fl
 @torch.no_grad()
 def calibrate_threshold(net: Redirector, model, task, options) -> dict:
     """Calibrate the decision threshold on safe prompts never used for training (see the module doc)."""
-    from types import SimpleNamespace
-
     held = SimpleNamespace(**{**vars(options), "seed": options.seed + 1000, "pairs": options.calibration // 2,
                               "benign": options.calibration - options.calibration // 2, "pairs_file": None})
     pairs, benign = training_prompts(task, held)
@@ -309,9 +323,6 @@ def calibrate_threshold(net: Redirector, model, task, options) -> dict:
 def main(argv=None) -> None:
     """Train SafeRedir redirectors with the defense's default options and write them where the defense
     looks for shipped ones (used when the model fingerprint and training options match)."""
-    import argparse
-    import json
-
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--model", default="sd-mini")
     ap.add_argument("--task", default="mini-unsafe,mini-object,mini-style", help="comma-separated tasks")
@@ -326,16 +337,11 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from benchmark.models import get_model_spec
-    from benchmark.models.base import resolve_device, resolve_dtype
-    from benchmark.registry import TASKS
-    from defenses.saferedir import SHIPPED_DIR, SafeRedir, load_redirector, read_metadata, save_redirector
-
     out = args.out or SHIPPED_DIR
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
     model = get_model_spec(args.model).load(device, resolve_dtype("auto", device))
-    defense = SafeRedir()
+    defense = DEFENSES.get("saferedir")()  # the defense with its default options
     for name in args.task.split(","):
         task = TASKS.get(name)
         path = out / f"{name}.safetensors"

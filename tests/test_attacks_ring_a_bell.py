@@ -7,12 +7,14 @@ import pytest
 import torch
 
 from attacks import _text
-from attacks.base import ThreatModel
 from attacks.ring_a_bell import MINI, PAPER, RingABell
+from benchmark.api.attack import ThreatModel
+from benchmark.api.component import CheckContext
+from benchmark.api.errors import ConfigError, DataFileError, OptionError, UserError
+from benchmark.api.prompt import Prompt
+from benchmark.api.registry import TASKS
 from benchmark.models.tiny_random import TinyRandomModel
-from benchmark.registry import TASKS
-from benchmark.tasks import TOY
-from prompts.base import Prompt
+from conftest import TOY
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +30,8 @@ def test_presets_and_threat_model():
                      "eta": 3.0}
     assert vars(attack.resolved_budget("sd-mini")) == MINI
     assert RingABell(population=10, preset="paper").resolved_budget("sd-mini").population == 10
-    with pytest.raises(ValueError, match="population"):
-        RingABell(population=1).resolved_budget("sd-mini")
+    with pytest.raises(OptionError, match="population=1.*>= 2"):
+        RingABell(population=1)
     # the presets' values are part of the cell key, so editing a preset never reuses stale results
     assert RingABell().config()["presets"] == {"paper": PAPER, "mini": MINI}
 
@@ -54,11 +56,36 @@ def test_mini_concept_vector_is_the_mean_difference_over_the_tasks_aligned_pairs
 
 def test_real_task_without_concept_material_fails_clearly(model, tmp_path):
     ctx = SimpleNamespace(model=model, task=TOY, data_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="pairs"):
+    with pytest.raises(ConfigError, match="pairs"):
         RingABell().concept_vector(ctx)
     nudity = SimpleNamespace(model=model, task=TASKS.get("nudity"), data_dir=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="Ring-A-Bell"):
         RingABell().concept_vector(nudity)
+
+
+def check(task, data_dir=None, **options):
+    RingABell(**options).check_inputs(CheckContext(model="sd-1.4", task=task, data_dir=data_dir))
+
+
+def test_concept_material_is_checked_before_any_work(tmp_path):
+    """Missing material fails in check_inputs (the resolver's dry run), never mid-run."""
+    with pytest.raises(DataFileError, match="vector.*not found"):
+        check(TOY, vector=str(tmp_path / "missing.npy"))
+    with pytest.raises(UserError, match="nudity"):  # the default pairs file, not in this data dir
+        check(TASKS.get("nudity"), data_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="concept material for task 'toy'"):
+        check(TOY)
+    with pytest.raises(OptionError, match="pairs.*vector"):
+        RingABell(pairs="a.csv", vector="b.npy")
+    check(TASKS.get("mini-object"))  # sd-mini tasks bring their own aligned pairs
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("case_number,prompt,prompt1\n0,a church at night,a house at night\n")
+    check(TOY, pairs=str(pairs))
+    (tmp_path / "vector.npy").write_bytes(b"")  # existence is what can be checked without the model
+    check(TOY, data_dir=str(tmp_path), vector="vector.npy")
+    pairs.write_text("case_number,prompt,prompt1\n")
+    with pytest.raises(DataFileError, match="no prompt"):
+        check(TOY, pairs=str(pairs))
 
 
 def test_search_never_loses_fitness_and_is_reproducible(model):

@@ -7,14 +7,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attacks.base import AttackContext, ThreatModel
 from attacks.unlearndiff import _PRISTINE, _TARGETS, UnlearnDiff
-from benchmark.judges.base import Judge, JudgeIdentity, JudgeResult
+from benchmark.api.attack import AttackContext, ThreatModel
+from benchmark.api.defense import DefendedPipeline, Defense, DefenseKind
+from benchmark.api.errors import OptionError
+from benchmark.api.judge import Judge, JudgeIdentity, JudgeResult
+from benchmark.api.prompt import Prompt
 from benchmark.models.tiny_random import TinyRandomModel
-from benchmark.tasks import TOY
-from defenses.base import DefendedPipeline, Defense, DefenseKind
+from conftest import TOY
 from defenses.negative_prompt import NegativePrompt
-from prompts.base import Prompt
 
 SAMPLER = {"num_inference_steps": 2, "guidance_scale": 5.0, "height": 32, "width": 32}
 PROMPTS = [Prompt("0", "a church", seed=1), Prompt("1", "a nude person", seed=2), Prompt("2", "a house", seed=3)]
@@ -54,8 +55,8 @@ def test_declares_white_box_and_budgets():
     assert attack.resolved("sd-mini", "mini-unsafe") == {"iterations": 20, "check_every": 10, "tokens": 5}
     assert UnlearnDiff(iterations=3, tokens=2).resolved("sd-mini", "mini-style") == \
         {"iterations": 3, "check_every": 10, "tokens": 2}
-    with pytest.raises(ValueError, match="preset"):
-        UnlearnDiff(preset="huge").resolved("sd-mini", "mini-style")
+    with pytest.raises(OptionError, match="preset='huge'.*auto, paper, mini"):
+        UnlearnDiff(preset="huge")
     assert UnlearnDiff().config()["presets"]["mini"] == {"iterations": 20, "check_every": 10}
     assert UnlearnDiff(adaptive=False).config() != UnlearnDiff().config()
 

@@ -12,10 +12,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from benchmark.api.component import CheckContext
+from benchmark.api.defense import PrepareContext
+from benchmark.api.errors import OptionError, UserError
 from benchmark.models.tiny_random import TinyRandomModel
 from benchmark.stages.generate import initial_latents
-from benchmark.tasks import TOY
-from defenses.base import PrepareContext
+from conftest import TOY
 from defenses.checkpoint import Checkpoint, CheckpointError
 from defenses.esd import DELTA_FILE, EsdX
 from defenses.weight_edit import export_unet
@@ -162,12 +164,37 @@ def test_a_pickle_that_would_run_code_is_refused(model, esd, tmp_path):
 
 def test_hub_ids_need_a_pinned_cached_revision(model, tmp_path):
     ctx = PrepareContext(model=model, task=TOY, artifact_dir=tmp_path)
-    with pytest.raises(CheckpointError, match="pinned revision"):
-        Checkpoint(hub_id="someone/esd-unet", revision="main").prepare(ctx)
+    with pytest.raises(OptionError, match="revision='main'.*0-9a-f"):
+        Checkpoint(hub_id="someone/esd-unet", revision="main")
+    with pytest.raises(OptionError, match="revision"):
+        Checkpoint(hub_id="someone/esd-unet")
     with pytest.raises(CheckpointError, match="local hub cache"):
         Checkpoint(hub_id="someone/esd-unet", revision="0" * 40).prepare(ctx)
     with pytest.raises(CheckpointError, match="exactly one"):
         Checkpoint().prepare(ctx)
+
+
+def test_the_source_is_checked_before_any_work(tmp_path):
+    """check_inputs (the resolver's dry run) finds a missing path, an uncached hub snapshot, a folder
+    without weights, and two sources at once; each a one-line user error."""
+    def check(**options):
+        Checkpoint(**options).check_inputs(CheckContext("tiny-random", TOY))
+
+    with pytest.raises(CheckpointError, match="no such file or folder") as error:
+        check(path=str(tmp_path / "missing.safetensors"))
+    assert isinstance(error.value, UserError)
+    with pytest.raises(CheckpointError, match="local hub cache"):
+        check(hub_id="someone/esd-unet", revision="0" * 40)
+    with pytest.raises(CheckpointError, match="no .safetensors"):
+        check(path=str(tmp_path))
+    with pytest.raises(CheckpointError, match="exactly one"):
+        check()
+    with pytest.raises(OptionError, match="path.*hub_id"):
+        Checkpoint(path="a", hub_id="b", revision="0" * 40)
+    with pytest.raises(OptionError, match="component='vae'"):
+        Checkpoint(path="a", component="vae")
+    (tmp_path / "unet.safetensors").write_bytes(b"")
+    check(path=str(tmp_path))  # its content is verified by the prepare stage
 
 
 def test_a_file_changed_after_verification_is_refused(model, esd, tmp_path):

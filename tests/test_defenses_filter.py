@@ -7,10 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmark.models.base import LoadedModel, SamplerDefaults
+from benchmark.api.component import CheckContext
+from benchmark.api.errors import ConfigError, OptionError
+from benchmark.api.model import LoadedModel, SamplerDefaults
+from benchmark.api.registry import TASKS
 from benchmark.models.mini.world import render_scene, to_pil
-from benchmark.registry import TASKS
-from benchmark.tasks import TOY
+from conftest import TOY
 from defenses.filter import Filter
 
 
@@ -39,10 +41,21 @@ def test_mini_filter_uses_the_tasks_label():
 
 
 def test_bad_label_and_detector_are_clear_errors():
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(ConfigError, match="labels"):
         Filter(label="object:unicorn").apply(fake_model("sd-mini"), TASKS.get("mini-object"), None)
-    with pytest.raises(ValueError, match="sd-safety-checker"):
+    with pytest.raises(OptionError, match="detector='nsfw-magic'.*sd-safety-checker"):
         Filter(detector="nsfw-magic")
+    with pytest.raises(OptionError, match="threshold=2"):
+        Filter(threshold=2)
+
+
+def test_the_label_is_checked_before_any_work():
+    with pytest.raises(ConfigError, match="no label 'object:unicorn'.*object:arrow"):
+        Filter(label="object:unicorn").check_inputs(CheckContext("sd-mini", TASKS.get("mini-object")))
+    with pytest.raises(ConfigError, match="names no mini-detector label"):  # toy's judge (NudeNet) has none
+        Filter(detector="mini-detector").check_inputs(CheckContext("tiny-random", TOY))
+    Filter().check_inputs(CheckContext("sd-mini", TASKS.get("mini-unsafe")))
+    Filter().check_inputs(CheckContext("sd-1.4", TOY))  # the safety checker needs no label
 
 
 def test_sd_safety_checker_offline_without_weights_says_how_to_get_them():

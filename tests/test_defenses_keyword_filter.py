@@ -1,6 +1,7 @@
 """keyword-filter: prompts with a blocked word are refused (never sampled), others pass unchanged.
 Random weights (tiny-random): this checks the plumbing and the records, not image quality."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -8,11 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
+from benchmark.api.component import CheckContext
+from benchmark.api.defense import DefendedPipeline
+from benchmark.api.errors import ConfigError, OptionError
 from benchmark.models.tiny_random import TinyRandomModel
 from benchmark.stages.generate import initial_latents
-from benchmark.tasks import TOY
-from conftest import run_cli
-from defenses.base import DefendedPipeline
+from conftest import TOY, run_cli
 from defenses.keyword_filter import KeywordFilter, contains_word
 
 
@@ -41,6 +43,16 @@ def test_refuses_prompts_with_the_words_and_passes_the_rest(model):
     assert np.abs(np.asarray(images[1], dtype=np.int16) - np.asarray(reference, dtype=np.int16)).max() <= 1
     words = KeywordFilter(words="car, boat").apply(model, TOY, None).words
     assert words == ["car", "boat"]
+    assert KeywordFilter(words="car, boat").config() == KeywordFilter(words=["car", "boat"]).config()
+
+
+def test_a_filter_that_would_block_nothing_is_refused_before_any_work():
+    bare = dataclasses.replace(TOY, concept_words=())
+    with pytest.raises(ConfigError, match="keyword-filter.words"):
+        KeywordFilter().check_inputs(CheckContext("tiny-random", bare))
+    KeywordFilter(words="church").check_inputs(CheckContext("tiny-random", bare))
+    with pytest.raises(OptionError, match="words=3"):
+        KeywordFilter(words=3)
 
 
 def test_block_rate_is_reported_for_a_filter(tmp_path):

@@ -5,14 +5,19 @@ removes a concept (the issue note measures that on sd-mini)."""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+
 import numpy as np
 import pytest
 import torch
 
+from benchmark.api.component import CheckContext
+from benchmark.api.defense import DefendedPipeline
+from benchmark.api.errors import ConfigError, OptionError
 from benchmark.models.tiny_random import TinyRandomModel
 from benchmark.stages.generate import initial_latents
-from benchmark.tasks import TOY
-from defenses.base import DefendedPipeline
+from conftest import TOY
 from defenses.sld import PRESETS, Sld, SldPreset
 
 PROMPTS = ["a church on a hill", "a red car"]
@@ -35,8 +40,18 @@ def test_presets_are_the_papers():
 
 
 def test_unknown_preset_is_refused():
-    with pytest.raises(ValueError, match="weak"):
+    with pytest.raises(OptionError, match="preset='extreme'.*weak, medium, strong, max"):
         Sld(preset="extreme")
+    # the option's choices are the presets' names
+    assert set(typing.get_args(typing.get_type_hints(Sld.Options)["preset"])) == set(PRESETS)
+
+
+def test_a_task_without_concept_words_needs_the_concept_option():
+    bare = dataclasses.replace(TOY, concept_words=())
+    with pytest.raises(ConfigError, match="sld.concept"):
+        Sld().check_inputs(CheckContext("tiny-random", bare))
+    Sld(concept="a church").check_inputs(CheckContext("tiny-random", bare))
+    Sld().check_inputs(CheckContext("tiny-random", TOY))
 
 
 def test_loop_reproduces_the_undefended_sampler_during_warm_up(model):

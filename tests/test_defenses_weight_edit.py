@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmark.api.defense import PrepareContext
 from benchmark.models.tiny_random import TinyRandomModel
-from benchmark.tasks import TOY
-from defenses.base import PrepareContext
+from conftest import TOY
 from defenses.esd import DELTA_FILE, EsdU, EsdX, esd_parameters
 from defenses.uce import Uce, token_tail, uce_edit
 from defenses.weight_edit import ArtifactPathError, WeightEditPipeline, artifact_file, cross_attention_modules
@@ -144,8 +144,8 @@ def test_uce_prepare_apply_close(model, tmp_path):
 
 
 def test_uce_default_preserve_set_uses_the_world_words():
+    from benchmark.api.registry import TASKS
     from benchmark.models.mini.tasks import OBJECT_CONCEPT
-    from benchmark.registry import TASKS
 
     concepts, guide, preserve = Uce().sets(TASKS.get("mini-object"))
     assert concepts == [OBJECT_CONCEPT] and guide == ""

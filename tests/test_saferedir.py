@@ -3,16 +3,19 @@ decisions in a batch, the step-0 check, agreement of the attack path with sampli
 official behaviour switches, checkpoint loading and refusals, and the prepare/cache cycle. Quality on
 sd-mini is measured by benchmarks/bench_saferedir.py and the issue note, not here."""
 
+import dataclasses
 import pickle
 
 import numpy as np
 import pytest
 import torch
 
+from benchmark.api.component import CheckContext
+from benchmark.api.defense import PrepareContext
+from benchmark.api.errors import ConfigError, DataFileError, OptionError
+from benchmark.api.sampling import initial_latents
 from benchmark.models.tiny_random import TinyRandomModel
-from benchmark.stages.generate import initial_latents
-from benchmark.tasks import TOY
-from defenses.base import PrepareContext
+from conftest import TOY
 from defenses.saferedir import (
     SafeRedir,
     SafeRedirPipeline,
@@ -91,7 +94,7 @@ def test_redirect_changes_only_flagged_samples(model):
     net = small_net(model)
     latents = initial_latents([5, 6], model.pipe, 32, 32)
     plain = defended(model, net, threshold=1.01).generate(PROMPTS[:2], latents, **SAMPLER)  # never redirects
-    from defenses.base import DefendedPipeline
+    from benchmark.api.defense import DefendedPipeline
 
     undefended = DefendedPipeline(model, None, TOY).generate(PROMPTS[:2], latents, **SAMPLER)
     for a, b in zip(plain, undefended, strict=True):
@@ -141,8 +144,8 @@ def test_official_behaviour_edits_both_halves_and_is_sticky(model):
     assert not project.edit_uncond and not project.sticky and project.mask_again
     assert official.edit_uncond and official.sticky and not official.mask_again
     assert resolve_behaviour(SafeRedir(behaviour="official", sticky=False).options).sticky is False
-    with pytest.raises(ValueError, match="behaviour"):
-        resolve_behaviour(SafeRedir(behaviour="paper").options)
+    with pytest.raises(OptionError, match="behaviour='paper'.*project, official"):
+        SafeRedir(behaviour="paper")
     # Under the official behaviour the unconditional half moves with the conditional one.
     latents = initial_latents([1], model.pipe, 32, 32)
     a = defended(model, net, threshold=0.0).generate(PROMPTS[:1], latents, **SAMPLER)[0]
@@ -174,8 +177,54 @@ def test_official_checkpoint_round_trip_and_refusals(model, tmp_path):
             return (print, ("pwned",))
 
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"x": Evil()}))
-    with pytest.raises(ValueError, match="weights_only"):
+    with pytest.raises(DataFileError, match="weights_only"):
         load_official_checkpoint(tmp_path / "evil.pt", cfg)
+
+
+@pytest.mark.parametrize("options,needle", [
+    ({"threshold": 1.5}, "threshold=1.5"), ({"replace_steps": -1}, "replace_steps=-1"),
+    ({"network": "huge"}, "auto, small, official"), ({"target_fpr": 2}, "target_fpr=2"),
+    ({"steps": 0}, "steps=0"), ({"lr": 0}, "lr=0"),
+])
+def test_bad_options_fail_when_built(options, needle):
+    with pytest.raises(OptionError, match=needle):
+        SafeRedir(**options)
+
+
+def test_named_files_are_checked_before_any_work(tmp_path):
+    def check(task=TOY, **options):
+        SafeRedir(**options).check_inputs(CheckContext("tiny-random", task))
+
+    with pytest.raises(DataFileError, match="checkpoint=.*no such file"):
+        check(checkpoint=str(tmp_path / "missing.pt"))
+    with pytest.raises(DataFileError, match="pairs_file=.*no such file"):
+        check(pairs_file=str(tmp_path / "missing.csv"))
+    bad = tmp_path / "pairs.csv"
+    bad.write_text("prompt,other\na,b\n")
+    with pytest.raises(DataFileError, match="'unsafe' and 'safe'"):
+        check(pairs_file=str(bad))
+    with pytest.raises(ConfigError, match="no concept_words"):
+        check(task=dataclasses.replace(TOY, concept_words=()))
+    bad.write_text("unsafe,safe\na nude person,a person\n")
+    check(pairs_file=str(bad), task=dataclasses.replace(TOY, concept_words=()))
+    check()
+
+
+def test_training_imports_neither_the_defense_nor_the_runner():
+    """The defense imports its training; the training imports the shared files module, never back."""
+    import ast
+    import inspect
+
+    import defenses.saferedir_train as train
+
+    imported = set()
+    for node in ast.walk(ast.parse(inspect.getsource(train))):
+        if isinstance(node, ast.ImportFrom):
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    assert "defenses.saferedir" not in imported and "defenses.saferedir_io" in imported
+    assert not any(m.startswith(("benchmark.runner", "benchmark.stages", "benchmark.cli")) for m in imported)
 
 
 def test_prepare_trains_caches_and_reloads(model, tmp_path):
