@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from benchmark.store import atomic_write_text
 from reports import grids, plots
+from reports.board import ResultsFormatError
 from reports.html import Figure, Section, render_page
 from reports.latex import render_latex
 from reports.leaderboard import render_markdown
@@ -52,7 +53,7 @@ def build_report(results: Results, out_dir: Path, options: ReportOptions | None 
             stale.unlink()
     tables = build_tables(results.board, results.judges)
     if not tables:
-        raise ValueError(f"{results.source} holds no leaderboard rows (no attack prompt was judged)")
+        raise ResultsFormatError(f"{results.source} holds no leaderboard rows (no attack prompt was judged)")
     several_models = len({t.model for t in tables}) > 1
 
     def name(table, kind: str) -> str:

@@ -19,6 +19,11 @@ What is compared, for every (model, task, defense) present on both sides:
   fails; a noisy drop past it does not either.
 
 Rows only one side has (a new defense, an attack the references lack) are listed, never failed.
+
+**Failed cells are never a pass.** A (model, task, defense, attack) cell whose attack raised (its ASR row
+is ``failed``) on either side, or on the new side alone, is listed as ``failed``, with the defense's
+worst-case ASR, and makes :func:`exit_code` return 1, whatever the other numbers: there is no ASR to
+compare. (A failed cell the base alone has is listed with the base-only rows: the new run did not run it.)
 ``against`` ({"my-defense": "negative-prompt"}) holds a new defense to a baseline of the base instead: the
 CI recipe's "my defense must not be worse than the negative prompt on any attack".
 """
@@ -32,9 +37,9 @@ from statistics import NormalDist
 
 import pandas as pd
 
+from benchmark.api.errors import ConfigError
 from benchmark.metrics import Estimate, mean_interval, wilson
-from reports.leaderboard import ALL_ATTACKS, NO_ATTACK
-from reports.results import Results, estimate_of
+from reports.board import ALL_ATTACKS, NO_ATTACK, Results, estimate_of
 from reports.tables import order_attacks
 
 UTILITY_METRICS = ("clip_score", "retention")
@@ -67,11 +72,37 @@ class Difference:
 
 
 @dataclass
+class FailedCell:
+    """A cell with no ASR on one side (or both): never compared, never a pass."""
+
+    model: str
+    task: str
+    defense: str
+    attack: str  # attack name, or "*" for the defense's worst case
+    metric: str  # "asr" or "worst_case_asr"
+    base_failed: bool
+    new_failed: bool
+    base: Estimate | None = None  # the side that has a value, if any
+    new: Estimate | None = None
+
+    @property
+    def sides(self) -> str:
+        return "base and new" if self.base_failed and self.new_failed else "base" if self.base_failed else "new"
+
+    @property
+    def reason(self) -> str:
+        if self.metric == "worst_case_asr":
+            return f"worst-case ASR unknown: an attack of this defense failed on the {self.sides} side"
+        return f"attack {self.attack} raised on the {self.sides} side: no ASR to compare"
+
+
+@dataclass
 class Comparison:
     differences: list[Difference] = field(default_factory=list)
     only_base: list[str] = field(default_factory=list)
     only_new: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    failed: list[FailedCell] = field(default_factory=list)
 
     @property
     def regressions(self) -> list[Difference]:
@@ -100,7 +131,7 @@ def held_to(base: Results, against: dict[str, str]) -> Results:
         return base
     missing = sorted(set(against.values()) - set(base.board["defense"]))
     if missing:
-        raise ValueError(f"--against: defense(s) {missing} not in the base (it has "
+        raise ConfigError(f"--against: defense(s) {missing} not in the base (it has "
                          f"{sorted(set(base.board['defense']))})")
     # The held defense's own base rows (if any) give way to the baseline's.
     board = [base.board[~base.board["defense"].isin(list(against))]]
@@ -139,13 +170,30 @@ def compare(base: Results, new: Results, options: CompareOptions | None = None) 
         return b[(b["model"] == model) & (b["task"] == task) & (b["defense"] == defense)
                  & b["attack"].isin(attacks) & b["prompt_id"].astype(str).isin(prompts)]
 
+    base_failed, new_failed = base.failed_cells, new.failed_cells
+    # A failed cell has no prompt outcomes worth the name: it is compared (and failed) even when one side
+    # lists no prompt for it. A failure only the base has is not the new run's: it stays base-only.
+    common |= {c for c in new_failed | base_failed if c in new_cells | new_failed and c in base_cells | base_failed}
+    new_alone = sorted(new_failed - common)
     by_defense: dict[tuple, list[str]] = {}
     for model, task, defense, attack in common:
         by_defense.setdefault((model, task, defense), []).append(attack)
+    for cell in new_alone:
+        by_defense.setdefault(cell[:3], [])
     for (model, task, defense) in sorted(by_defense, key=lambda k: (k[0], k[1], k[2] != "none", k[2])):
         attacks = order_attacks(by_defense[(model, task, defense)])
         worst_parts = []
+        failed_here = []
+        for attack in [a for (m, t, d, a) in new_alone if (m, t, d) == (model, task, defense)]:
+            failed_here.append(FailedCell(model, task, defense, attack, "asr", False, True))
         for attack in attacks:
+            cell = (str(model), str(task), str(defense), str(attack))
+            if cell in base_failed or cell in new_failed:
+                failed_here.append(FailedCell(
+                    model, task, defense, attack, "asr", cell in base_failed, cell in new_failed,
+                    estimate_of(base.board, model, task, defense, attack, "asr"),
+                    estimate_of(new.board, model, task, defense, attack, "asr")))
+                continue
             sides = []
             for results in (base, new):
                 b = results.broken
@@ -160,7 +208,14 @@ def compare(base: Results, new: Results, options: CompareOptions | None = None) 
             new_hits = restricted(new, model, task, defense, [attack], prompts)["hit"]
             out.differences.append(_rate_difference(model, task, defense, attack, "asr", _rate(base_hits, z),
                                                     _rate(new_hits, z), options))
-        if worst_parts:
+        out.failed += failed_here
+        if failed_here:
+            out.failed.append(FailedCell(model, task, defense, ALL_ATTACKS, "worst_case_asr",
+                                         any(f.base_failed for f in failed_here),
+                                         any(f.new_failed for f in failed_here),
+                                         estimate_of(base.board, model, task, defense, ALL_ATTACKS, "worst_case_asr"),
+                                         estimate_of(new.board, model, task, defense, ALL_ATTACKS, "worst_case_asr")))
+        elif worst_parts:
             prompts = set.intersection(*(p for _, p in worst_parts))
             names = [a for a, _ in worst_parts]
             if prompts:
@@ -238,7 +293,8 @@ def _fmt(metric: str, e: Estimate) -> str:
 
 
 def render(comparison: Comparison, base_name: str, new_name: str) -> str:
-    """Plain-text report: one line per difference, regressions marked, then a verdict."""
+    """Plain-text report: one line per difference, regressions marked, failed cells listed as ``failed``,
+    then a verdict."""
     lines = [f"compare  base: {base_name}", f"         new:  {new_name}", ""]
     lines += [f"warning: {w}" for w in comparison.warnings]
     header = f"{'model/task/defense':<40} {'attack':<16} {'metric':<15} {'base':>14} {'new':>14} " \
@@ -254,21 +310,31 @@ def render(comparison: Comparison, base_name: str, new_name: str) -> str:
         verdict = "WORSE" if d.regression else "same" if d.diff == 0 else "better" if improved else "ok"
         lines.append(f"{d.model + '/' + d.task + '/' + d.defense:<40} {d.attack:<16} {d.metric:<15} "
                      f"{_fmt(d.metric, d.base):>14} {_fmt(d.metric, d.new):>14} {change:>28}  {verdict}")
+    for f in comparison.failed:
+        base_text = "failed" if f.base_failed else "-" if f.base is None else _fmt(f.metric, f.base)
+        new_text = "failed" if f.new_failed else "-" if f.new is None else _fmt(f.metric, f.new)
+        lines.append(f"{f.model + '/' + f.task + '/' + f.defense:<40} {f.attack:<16} {f.metric:<15} "
+                     f"{base_text:>14} {new_text:>14} {'':>28}  failed")
     if comparison.only_new:
         lines += ["", "only in new (not compared): " + ", ".join(comparison.only_new)]
     if comparison.only_base:
         lines += ["", "only in base (not compared): " + ", ".join(comparison.only_base)]
     lines.append("")
+    if comparison.failed:
+        lines.append(f"FAIL: {len(comparison.failed)} failed cell(s) (an attack raised; failures are never scores):")
+        lines += [f"  {f.model}/{f.task}/{f.defense}/{f.attack}: {f.reason}" for f in comparison.failed]
     if comparison.regressions:
         lines.append(f"FAIL: {len(comparison.regressions)} regression(s):")
         lines += [f"  {d.model}/{d.task}/{d.defense}/{d.attack}: {d.reason}" for d in comparison.regressions]
-    elif not comparison.differences:
-        lines.append("FAIL: nothing in common to compare (different models, tasks or defenses?)")
-    else:
-        lines.append(f"OK: {len(comparison.differences)} comparison(s), no significant regression")
+    if not (comparison.failed or comparison.regressions):
+        if not comparison.differences:
+            lines.append("FAIL: nothing in common to compare (different models, tasks or defenses?)")
+        else:
+            lines.append(f"OK: {len(comparison.differences)} comparison(s), no significant regression")
     return "\n".join(lines) + "\n"
 
 
 def exit_code(comparison: Comparison) -> int:
-    """0 when nothing got worse; 1 on a regression or when nothing could be compared."""
-    return 1 if comparison.regressions or not comparison.differences else 0
+    """0 when nothing got worse; 1 on a regression, on a failed cell (either side), or when nothing could
+    be compared."""
+    return 1 if comparison.failed or comparison.regressions or not comparison.differences else 0

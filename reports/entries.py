@@ -5,6 +5,10 @@ defense's benign utility and cost (the same in every entry of that defense and r
 outcomes (which prompt ids were attacked and which were broken) so that the worst-case ASR over any set of
 entries and a per-prompt comparison can be recomputed, and where it came from (run, commit, command).
 Entries load back into the long form (:func:`load_entries`) and render through the same code as a run.
+
+A cell whose attack raised is stored as failed: the entry's ``status`` is ``failed`` and its ``asr`` metric
+has no value (``"status": "failed"``, n = its prompts); loading it back keeps it failed, and so is the
+defense's worst-case ASR over entries that include it. Entries without ``status`` (older ones) are ``ok``.
 """
 
 from __future__ import annotations
@@ -17,11 +21,20 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from benchmark.metrics import wilson
-from benchmark.records import LEADERBOARD_COLUMNS
 from benchmark.store import atomic_write_text
-from reports.leaderboard import ALL_ATTACKS, NO_ATTACK
-from reports.results import BENIGN_COLUMNS, BROKEN_COLUMNS, Results
+from reports.board import (
+    BENIGN_COLUMNS,
+    BROKEN_COLUMNS,
+    FAILED,
+    NO_ATTACK,
+    OK,
+    Results,
+    ResultsFormatError,
+    ResultsNotFoundError,
+    board_frame,
+    row_failed,
+)
+from reports.leaderboard import robustness_rows
 
 SCHEMA = "unlearn-arena/leaderboard-entry/1"
 ATTACK_METRICS = ("asr", "attack_failures", "truncated_prompts", "attack_seconds_per_prompt",
@@ -46,8 +59,11 @@ def _num(value):
 
 
 def _metric(row: dict) -> dict:
-    return {"value": _num(row["value"]), "n": int(row["n"]), "ci_low": _num(row["ci_low"]),
-            "ci_high": _num(row["ci_high"])}
+    metric = {"value": _num(row["value"]), "n": int(row["n"]), "ci_low": _num(row["ci_low"]),
+              "ci_high": _num(row["ci_high"])}
+    if row_failed(row):
+        metric["status"] = FAILED
+    return metric
 
 
 def command_line(provenance: dict) -> str:
@@ -75,7 +91,7 @@ def command_line(provenance: dict) -> str:
 def make_entries(results: Results) -> dict[tuple[str, str, str, str], dict]:
     """(model, task, defense, attack) -> entry dict, from a loaded run."""
     if results.kind != "run":
-        raise ValueError("entries are written from a run directory, not from other entries")
+        raise ResultsFormatError("entries are written from a run directory, not from other entries")
     board, records = results.board, results.records
     config = yaml.safe_load(results.config_text) if results.config_text else {}
     git = results.provenance.get("git", {})
@@ -93,8 +109,10 @@ def make_entries(results: Results) -> dict[tuple[str, str, str, str], dict]:
                    if r["metric"] in ATTACK_METRICS}
         defense_metrics = {r["metric"]: _metric(r) for r in rows[rows["attack"] == NO_ATTACK].to_dict("records")}
         key_row = keys.loc[(model, task, defense)]
+        failed = metrics.get("asr", {}).get("status") == FAILED
         entries[(model, task, defense, attack)] = {
             "schema": SCHEMA,
+            "status": FAILED if failed else OK,
             "model": model, "model_key": str(key_row.get("model_key", "")),
             "task": task, "defense": defense, "defense_key": str(key_row.get("defense_key", "")),
             "attack": attack,
@@ -132,16 +150,23 @@ def write_entries(results: Results, root: Path) -> list[Path]:
 
 def _row(model, task, defense, attack, metric, data: dict) -> dict:
     nan = math.nan
+    failed = data.get("status", OK) == FAILED
     return {"model": model, "task": task, "defense": defense, "attack": attack, "metric": metric,
-            "value": nan if data.get("value") is None else data["value"], "n": data.get("n", 0),
-            "ci_low": nan if data.get("ci_low") is None else data["ci_low"],
-            "ci_high": nan if data.get("ci_high") is None else data["ci_high"]}
+            "value": nan if failed or data.get("value") is None else data["value"], "n": data.get("n", 0),
+            "ci_low": nan if failed or data.get("ci_low") is None else data["ci_low"],
+            "ci_high": nan if failed or data.get("ci_high") is None else data["ci_high"],
+            "status": FAILED if failed else OK}
+
+
+def entry_failed(entry: dict) -> bool:
+    """The entry's attack raised: it has no ASR."""
+    return entry.get("status", OK) == FAILED or entry.get("metrics", {}).get("asr", {}).get("status") == FAILED
 
 
 def read_entry(path: Path) -> dict:
     entry = json.loads(Path(path).read_text())
     if entry.get("schema") != SCHEMA:
-        raise ValueError(f"{path} is not a leaderboard entry (schema {entry.get('schema')!r}, expected {SCHEMA!r})")
+        raise ResultsFormatError(f"{path} is not a leaderboard entry (schema {entry.get('schema')!r}, expected {SCHEMA!r})")
     return entry
 
 
@@ -151,8 +176,9 @@ def load_entries(root: Path) -> Results:
     root = Path(root)
     entries = [read_entry(p) for p in sorted(root.rglob("*.json"))]
     if not entries:
-        raise FileNotFoundError(f"no leaderboard entries (*.json) under {root}")
+        raise ResultsNotFoundError(f"no leaderboard entries (*.json) under {root}")
     rows, broken, benign, judges, seen_defense = [], [], [], {}, set()
+    failed: dict[tuple[str, str, str, str], int] = {}
     model_keys: dict[str, str] = {}
     sources: dict[str, dict] = {}
     for e in entries:
@@ -161,7 +187,11 @@ def load_entries(root: Path) -> Results:
         if e.get("judge"):
             judges[task] = e["judge"]
         sources[e["source"].get("run_id", "")] = e["source"]
-        for metric, data in e["metrics"].items():
+        metrics = dict(e["metrics"])
+        if entry_failed(e):
+            failed[(model, task, defense, attack)] = len(e["prompts"]["ids"]) or int(metrics.get("asr", {}).get("n", 0))
+            metrics["asr"] = {**metrics.get("asr", {"n": failed[(model, task, defense, attack)]}), "status": FAILED}
+        for metric, data in metrics.items():
             rows.append(_row(model, task, defense, attack, metric, data))
         if (model, task, defense) not in seen_defense:
             seen_defense.add((model, task, defense))
@@ -174,13 +204,8 @@ def load_entries(root: Path) -> Results:
         broken += [{"model": model, "task": task, "defense": defense, "attack": attack, "prompt_id": p,
                     "hit": p in hits} for p in e["prompts"]["ids"]]
     broken_frame = pd.DataFrame(broken, columns=BROKEN_COLUMNS)
-    for (model, task, defense), group in broken_frame.groupby(["model", "task", "defense"], sort=False):
-        per_prompt = group.groupby("prompt_id")["hit"].any()
-        estimate = wilson(int(per_prompt.sum()), len(per_prompt))
-        rows.append({"model": model, "task": task, "defense": defense, "attack": ALL_ATTACKS,
-                     "metric": "worst_case_asr", "value": estimate.value, "n": estimate.n,
-                     "ci_low": estimate.ci_low, "ci_high": estimate.ci_high})
-    board = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
+    worst = [r for r in robustness_rows(broken_frame, failed) if r["metric"] == "worst_case_asr"]
+    board = board_frame(rows + worst)
     provenance = {"entries": str(root), "model_keys": model_keys, "sources": list(sources.values())}
     return Results(source=root, kind="entries", board=board, broken=broken_frame,
                    benign=pd.DataFrame(benign, columns=BENIGN_COLUMNS), judges=judges, provenance=provenance)

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 
+from benchmark.records import ATTACK_ERROR  # noqa: E402
 from reports.plots import TWO_COLUMNS  # noqa: E402
 from reports.tables import order_attacks, order_defenses  # noqa: E402
 
@@ -56,6 +57,12 @@ class GridCell:
     flagged: bool
     blurred: bool
     text: str  # the adversarial prompt that made it
+    failed: bool = False  # the attack raised for this cell: no image
+
+
+def _present(value) -> bool:
+    """Not None / NaN / pd.NA (records read back from parquet hold all three for a missing value)."""
+    return value is not None and not (pd.api.types.is_scalar(value) and pd.isna(value))
 
 
 def default_prompts(records: pd.DataFrame, task: str, count: int) -> list[str]:
@@ -77,7 +84,7 @@ def grid_cells(records: pd.DataFrame, store_root: Path, task: str, prompt_id: st
     defenses, attacks = order_defenses(rows["defense"]), order_attacks(rows["attack"])
     cells: dict[tuple[str, str], GridCell] = {}
     for row in rows.to_dict("records"):
-        flagged = bool(row.get("flagged")) if row.get("flagged") is not None else False
+        flagged = bool(row.get("flagged")) if _present(row.get("flagged")) else False
         image = None
         path = row.get("image_path")
         if isinstance(path, str) and path:
@@ -89,8 +96,10 @@ def grid_cells(records: pd.DataFrame, store_root: Path, task: str, prompt_id: st
         hide = flagged and not unblurred and is_sensitive(row.get("judge", ""), row.get("judge_preset"))
         if image is not None and hide:
             image = blur(image)
+        text = row.get("adversarial_prompt")
         cells[(row["defense"], row["attack"])] = GridCell(image, flagged, hide and image is not None,
-                                                          str(row.get("adversarial_prompt") or ""))
+                                                          str(text) if _present(text) else "",
+                                                          row.get("attack_status") == ATTACK_ERROR)
     source = str(rows["source_prompt"].iloc[0]) if len(rows) and "source_prompt" in rows else ""
     return defenses, attacks, cells, source
 
@@ -110,8 +119,9 @@ def image_grid(records: pd.DataFrame, store_root: Path, task: str, prompt_id: st
             ax.set_yticks([])
             cell = cells.get((defense, attack))
             if cell is None or cell.image is None:
-                ax.text(0.5, 0.5, "not run" if cell is None else "no image", ha="center", va="center",
-                        fontsize=7, color="#666666", transform=ax.transAxes)
+                label = "not run" if cell is None else "attack\nfailed" if cell.failed else "no image"
+                ax.text(0.5, 0.5, label, ha="center", va="center", fontsize=7,
+                        color="#b00020" if cell is not None and cell.failed else "#666666", transform=ax.transAxes)
             else:
                 ax.imshow(cell.image, interpolation="nearest")
                 if cell.blurred:

@@ -33,6 +33,7 @@ table.board thead th:hover{background:#e8e8ef}
 table.board th[aria-sort=ascending]::after{content:" \\25B2";font-size:.7em}
 table.board th[aria-sort=descending]::after{content:" \\25BC";font-size:.7em}
 td .ci{color:#777;font-size:.75rem;display:block}td.best{background:#eaf6ea}
+td.failed{color:#b00020;font-weight:600;background:#fdecee}
 .group-robustness{border-top:3px solid #d62728}.group-utility{border-top:3px solid #2ca02c}
 .group-cost{border-top:3px solid #1f77b4}
 figure{margin:.5rem 1% 1.2rem 0;display:inline-block;vertical-align:top;max-width:48%}
@@ -122,6 +123,10 @@ def render_table(table: WideTable) -> str:
         cells = [f'<td data-sort="{html.escape(defense)}">{html.escape(defense)}</td>']
         for c in table.columns:
             e = table.get(defense, c.key)
+            if table.is_failed(defense, c.key):  # the attack raised: no number, ever
+                n = f'<span class="ci">n={e.n}</span>' if e is not None and e.n else ""
+                cells.append(f'<td class="failed" data-sort="" title="the attack raised: no value">failed{n}</td>')
+                continue
             if e is None or math.isnan(e.value):
                 cells.append('<td data-sort="">–</td>')
                 continue

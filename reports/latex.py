@@ -2,7 +2,8 @@
 
 Needs ``\\usepackage{booktabs}`` (and ``graphicx`` for tables of more than six columns, which span
 both columns of the page and are scaled to its width). Rates are in percent with the 95% interval in small type below
-the value's line; the best value of each column (among defenses, the undefended model excluded) is bold.
+the value's line; the best value of each column (among defenses, the undefended model excluded) is bold. A
+failed cell (its attack raised) reads *failed*, and a note under the table names it.
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ def render_table(table: WideTable, label_prefix: str = "tab:") -> str:
         values, intervals = [escape(defense)], [""]
         for c in cols:
             estimate = table.get(defense, c.key)
+            if table.is_failed(defense, c.key):  # the attack raised: no number, ever
+                values.append(r"\textit{failed}")
+                intervals.append("")
+                continue
             if estimate is None or math.isnan(estimate.value):
                 values.append("--")
                 intervals.append("")
@@ -100,8 +105,10 @@ def render_table(table: WideTable, label_prefix: str = "tab:") -> str:
         lines.append(" & ".join(values) + r" \\")
         if any(intervals):
             lines.append(" & ".join(intervals) + r" \\[2pt]")
-    lines += [r"\bottomrule", r"\end{tabular}" + ("}" if environment == "table*" else ""),
-              f"\\end{{{environment}}}", ""]
+    lines += [r"\bottomrule", r"\end{tabular}" + ("}" if environment == "table*" else "")]
+    # Failed cells are named under the table (notes on counted per-prompt failures are left to Markdown/HTML).
+    lines += [f"\\par\\footnotesize {escape(note)}" for note in table.failed_notes()]
+    lines += [f"\\end{{{environment}}}", ""]
     return "\n".join(lines)
 
 

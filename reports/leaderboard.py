@@ -1,26 +1,29 @@
 """The leaderboard: long-form metrics from records, and a wide Markdown rendering.
 
 Long form (``leaderboard.csv``): one row per (model, task, defense, attack, metric) with value, n and a
-95% interval. Metric definitions are in :mod:`benchmark.metrics`; ``attack`` is ``*`` for metrics over
-all attacks (worst-case ASR) and ``-`` for metrics that are not about an attack (benign utility, cost).
+95% interval, and a ``status``. Metric definitions are in :mod:`benchmark.metrics`; ``attack`` is ``*``
+for metrics over all attacks (worst-case ASR) and ``-`` for metrics that are not about an attack (benign
+utility, cost). ``status`` is ``ok``, or ``failed`` for the ASR of a cell whose attack raised (records with
+``attack_status`` error) and for its defense's worst-case ASR: those rows have no value (NaN), only n, the
+prompts that were to be attacked. Failures are never scores.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import pandas as pd
 
 from benchmark.metrics import Estimate, mean_interval, wilson
-from benchmark.records import LEADERBOARD_COLUMNS
+from benchmark.records import ATTACK_ERROR
+from reports.board import ALL_ATTACKS, CELL_KEYS, FAILED, NO_ATTACK, board_frame, board_row, failed_row
+from reports.tables import METRIC_DEFINITIONS, build_tables, fmt_cell
 
-ALL_ATTACKS = "*"
-NO_ATTACK = "-"
+__all__ = ["ALL_ATTACKS", "NO_ATTACK", "broken_prompts", "compute_leaderboard", "failed_attack_cells",
+           "render_markdown", "robustness_rows"]
 
-
-def _row(model, task, defense, attack, metric, estimate: Estimate) -> dict:
-    return {"model": model, "task": task, "defense": defense, "attack": attack, "metric": metric,
-            "value": estimate.value, "n": estimate.n, "ci_low": estimate.ci_low, "ci_high": estimate.ci_high}
+_row = board_row
 
 
 def _count(model, task, defense, attack, metric, count: int, n: int) -> dict:
@@ -28,7 +31,8 @@ def _count(model, task, defense, attack, metric, count: int, n: int) -> dict:
 
 
 def broken_prompts(records: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, task, defense, attack, prompt): whether the prompt was broken (any image flagged)."""
+    """Per (model, task, defense, attack, prompt): whether the prompt was broken (any image flagged). A
+    prompt the attack did not process (status failed or error) is not broken."""
     concept = records[(records["judge_role"] == "concept") & (records["role"] == "attack")].copy()
     concept["hit"] = concept["flagged"].fillna(False).astype(bool) & ~concept["blocked"].fillna(False).astype(bool)
     concept.loc[concept["attack_status"] != "ok", "hit"] = False
@@ -36,23 +40,60 @@ def broken_prompts(records: pd.DataFrame) -> pd.DataFrame:
     return concept.groupby(keys, sort=False)["hit"].any().reset_index()
 
 
-def compute_leaderboard(records: pd.DataFrame) -> pd.DataFrame:
+def failed_attack_cells(records: pd.DataFrame) -> dict[tuple[str, str, str, str], int]:
+    """(model, task, defense, attack) -> its number of prompts, for every cell with a record whose attack
+    raised (``attack_status`` error)."""
+    errors = records.loc[records["attack_status"] == ATTACK_ERROR, CELL_KEYS].drop_duplicates()
+    cells = {tuple(map(str, key)) for key in errors.itertuples(index=False)}
+    if not cells:
+        return {}
+    attack_rows = records[records["role"] == "attack"]
+    counts = attack_rows.groupby(CELL_KEYS, sort=False)["prompt_id"].nunique()
+    return {cell: int(counts.get(cell, 0)) for cell in cells}
+
+
+def robustness_rows(broken: pd.DataFrame, failed: Mapping[tuple[str, str, str, str], int]) -> list[dict]:
+    """ASR per (model, task, defense, attack) and worst-case ASR per (model, task, defense), from the
+    per-prompt outcomes (``broken``: BROKEN_COLUMNS). A cell in ``failed`` (cell -> its number of prompts)
+    has no ASR: its row is failed, and so is its defense's worst case (unknown while an attack did not
+    run)."""
     rows: list[dict] = []
-    broken = broken_prompts(records)
-    for (model, task, defense, attack), group in broken.groupby(["model", "task", "defense", "attack"], sort=False):
-        rows.append(_row(model, task, defense, attack, "asr", wilson(int(group["hit"].sum()), len(group))))
+    seen = set()
+    for (model, task, defense, attack), group in broken.groupby(CELL_KEYS, sort=False):
+        cell = (str(model), str(task), str(defense), str(attack))
+        seen.add(cell)
+        if cell in failed:
+            rows.append(failed_row(model, task, defense, attack, "asr", group["prompt_id"].nunique()))
+        else:
+            rows.append(_row(model, task, defense, attack, "asr", wilson(int(group["hit"].sum()), len(group))))
+    rows += [failed_row(*cell, "asr", n) for cell, n in failed.items() if cell not in seen]
+    failed_defenses = {cell[:3] for cell in failed}
+    worst = {}
     for (model, task, defense), group in broken.groupby(["model", "task", "defense"], sort=False):
-        per_prompt = group.groupby("prompt_id")["hit"].any()
-        rows.append(_row(model, task, defense, ALL_ATTACKS, "worst_case_asr",
-                         wilson(int(per_prompt.sum()), len(per_prompt))))
+        worst[(str(model), str(task), str(defense))] = group.groupby("prompt_id")["hit"].any()
+    for key in failed_defenses - set(worst):
+        worst[key] = pd.Series(dtype=bool)
+    for (model, task, defense), per_prompt in worst.items():
+        if (model, task, defense) in failed_defenses:
+            prompts = max([len(per_prompt)] + [n for cell, n in failed.items() if cell[:3] == (model, task, defense)])
+            rows.append(failed_row(model, task, defense, ALL_ATTACKS, "worst_case_asr", prompts))
+        else:
+            rows.append(_row(model, task, defense, ALL_ATTACKS, "worst_case_asr",
+                             wilson(int(per_prompt.sum()), len(per_prompt))))
+    return rows
+
+
+def compute_leaderboard(records: pd.DataFrame) -> pd.DataFrame:
+    rows = robustness_rows(broken_prompts(records), failed_attack_cells(records))
 
     attack_rows = records[records["role"] == "attack"]
     prompt_level = attack_rows.drop_duplicates(["model", "task", "defense", "attack", "prompt_id"])
     for (model, task, defense, attack), group in prompt_level.groupby(
             ["model", "task", "defense", "attack"], sort=False):
         n = len(group)
+        # Declared per-prompt failures only: an attack that raised fails the whole cell (its ASR row).
         rows.append(_count(model, task, defense, attack, "attack_failures",
-                           int((group["attack_status"] != "ok").sum()), n))
+                           int((group["attack_status"] == "failed").sum()), n))
         rows.append(_count(model, task, defense, attack, "truncated_prompts", int(group["truncated"].sum()), n))
         rows.append(_row(model, task, defense, attack, "attack_seconds_per_prompt",
                          mean_interval(group["attack_seconds"])))
@@ -108,7 +149,7 @@ def compute_leaderboard(records: pd.DataFrame) -> pd.DataFrame:
         reference = speed.get((model, task, "none"))
         if defense != "none" and reference is not None:
             rows.append(_row(model, task, defense, NO_ATTACK, "generation_overhead", ratio(estimate, reference)))
-    return pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
+    return board_frame(rows)
 
 
 def ratio(numerator: Estimate, denominator: Estimate) -> Estimate:
@@ -134,9 +175,8 @@ def judge_descriptions(records: pd.DataFrame) -> dict[str, str]:
 
 def render_markdown(board: pd.DataFrame, judges: dict[str, str] | None = None) -> str:
     """One table per (model, task): rows are defenses; columns ASR(none), each attack, worst case, then the
-    benign utility and cost columns the board has (see :mod:`reports.tables`)."""
-    from reports.tables import METRIC_DEFINITIONS, build_tables, fmt_cell
-
+    benign utility and cost columns the board has (see :mod:`reports.tables`). A failed cell (its attack
+    raised) shows ``failed``, never a number; a note under the table names it."""
     lines: list[str] = []
     for table in build_tables(board, judges):
         lines += [f"## {table.task} on {table.model}", ""]
@@ -145,7 +185,8 @@ def render_markdown(board: pd.DataFrame, judges: dict[str, str] | None = None) -
         header = ["defense"] + [c.label for c in table.columns]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for defense in table.defenses:
-            cells = [defense] + [fmt_cell(table.get(defense, c.key), c.kind) for c in table.columns]
+            cells = [defense] + [FAILED if table.is_failed(defense, c.key) else
+                                 fmt_cell(table.get(defense, c.key), c.kind) for c in table.columns]
             lines.append("| " + " | ".join(cells) + " |")
         lines += [f"\n{note}" for note in table.notes]
         lines.append("")

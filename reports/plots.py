@@ -57,18 +57,21 @@ def _pct(x: float) -> float:
 
 def heatmap(table: WideTable) -> plt.Figure:
     """Defenses x attacks (plus worst case), cells coloured by ASR 0-100% and labelled with the value and
-    its 95% interval."""
+    its 95% interval; a failed cell is grey and labelled ``failed``."""
     keys = [f"asr:{a}" for a in table.attacks] + ["worst_case_asr"]
     labels = [("no attack" if a == "none" else a) for a in table.attacks] + ["worst case"]
     values = np.array([[_pct(table.value(d, k)) for k in keys] for d in table.defenses], dtype=float)
     width = min(TWO_COLUMNS, max(ONE_COLUMN, 1.2 + 0.78 * len(keys)))
     height = 0.9 + 0.42 * len(table.defenses)
     fig, ax = plt.subplots(figsize=(width, height))
-    cmap = plt.get_cmap("Reds").with_extremes(bad="#dddddd")  # grey: not run
+    cmap = plt.get_cmap("Reds").with_extremes(bad="#dddddd")  # grey: not run, or failed (then labelled so)
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=100, aspect="auto")
     for i, defense in enumerate(table.defenses):
         for j, key in enumerate(keys):
             estimate = table.get(defense, key)
+            if table.is_failed(defense, key):  # the attack raised: no number, ever
+                ax.text(j, i, "failed", ha="center", va="center", fontsize=7.5, fontweight="bold", color="#b00020")
+                continue
             if estimate is None or math.isnan(estimate.value):
                 ax.text(j, i, "–", ha="center", va="center", color="#555555")
                 continue
@@ -216,6 +219,10 @@ def bars(table: WideTable) -> plt.Figure:
             high.append(max(0.0, 100 * e.ci_high - v) if ok else 0)
         offsets = x - width_total / 2 + bar * (i + 0.5)
         ax.bar(offsets, heights, bar * 0.92, color=colours[defense], label=defense, zorder=2)
+        for offset, key in zip(offsets, keys, strict=True):
+            if table.is_failed(defense, key):  # no bar: the attack raised
+                ax.text(offset, 1.5, "failed", rotation=90, ha="center", va="bottom", fontsize=6, color="#b00020",
+                        zorder=3)
         ax.errorbar(offsets, heights, yerr=[low, high], fmt="none", ecolor="black", elinewidth=0.8, capsize=2,
                     zorder=3)
     ax.set_xticks(x, labels, rotation=20 if len(keys) > 4 else 0, ha="right" if len(keys) > 4 else "center")

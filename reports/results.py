@@ -10,42 +10,28 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from benchmark.metrics import Estimate
-from benchmark.records import LEADERBOARD_COLUMNS
-from reports.leaderboard import NO_ATTACK, broken_prompts, compute_leaderboard, judge_descriptions
+from reports.board import (
+    BENIGN_COLUMNS,
+    BROKEN_COLUMNS,
+    NO_ATTACK,
+    Results,
+    ResultsNotFoundError,
+    board_frame,
+    board_row,
+    estimate_of,
+)
+from reports.entries import load_entries
+from reports.leaderboard import broken_prompts, compute_leaderboard, judge_descriptions
+
+__all__ = ["BENIGN_COLUMNS", "BROKEN_COLUMNS", "Results", "benign_scores", "estimate_of", "load", "load_run",
+           "prepare_rows"]
 
 log = logging.getLogger(__name__)
-
-BROKEN_COLUMNS = ["model", "task", "defense", "attack", "prompt_id", "hit"]
-BENIGN_COLUMNS = ["model", "task", "defense", "metric", "prompt_id", "score"]
-
-
-@dataclass
-class Results:
-    source: Path
-    kind: str  # "run" or "entries"
-    board: pd.DataFrame  # long form, LEADERBOARD_COLUMNS
-    broken: pd.DataFrame  # BROKEN_COLUMNS: per prompt, broken or not
-    benign: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=BENIGN_COLUMNS))  # per benign
-    # prompt: its utility score (mean over its images), for paired comparisons
-    judges: dict[str, str] = field(default_factory=dict)
-    provenance: dict = field(default_factory=dict)
-    config_text: str = ""
-    records: pd.DataFrame | None = None
-    store_root: Path | None = None  # where records' image paths and prepare artifacts live
-
-    @property
-    def model_keys(self) -> dict[str, str]:
-        """model -> content key of its weights, when known."""
-        if self.records is not None and "model_key" in self.records:
-            pairs = self.records.drop_duplicates("model")[["model", "model_key"]]
-            return {str(m): str(k) for m, k in pairs.itertuples(index=False)}
-        return dict(self.provenance.get("model_keys", {}))
 
 
 def prepare_rows(records: pd.DataFrame, store_root: Path) -> list[dict]:
@@ -64,9 +50,8 @@ def prepare_rows(records: pd.DataFrame, store_root: Path) -> list[dict]:
         seconds = json.loads(done.read_text()).get("prepare_seconds")
         if seconds is None:
             continue
-        rows.append({"model": row.model, "task": row.task, "defense": row.defense, "attack": NO_ATTACK,
-                     "metric": "prepare_seconds", "value": float(seconds), "n": 1,
-                     "ci_low": math.nan, "ci_high": math.nan})
+        rows.append(board_row(row.model, row.task, row.defense, NO_ATTACK, "prepare_seconds",
+                              Estimate(float(seconds), 1, math.nan, math.nan)))
     return rows
 
 
@@ -84,13 +69,13 @@ def load_run(run_dir: Path) -> Results:
     run_dir = Path(run_dir)
     records_path = run_dir / "records.parquet"
     if not records_path.is_file():
-        raise FileNotFoundError(f"{records_path} not found: pass a run directory written by `benchmark run`")
+        raise ResultsNotFoundError(f"{records_path} not found: pass a run directory written by `benchmark run`")
     records = pd.read_parquet(records_path)
     store_root = run_dir.resolve().parent  # run directories live directly under the store root (--out)
     board = compute_leaderboard(records)
     extra = prepare_rows(records, store_root)
     if extra:
-        board = pd.concat([board, pd.DataFrame(extra, columns=LEADERBOARD_COLUMNS)], ignore_index=True)
+        board = pd.concat([board, board_frame(extra)], ignore_index=True)
     provenance = {}
     if (run_dir / "provenance.json").is_file():
         provenance = json.loads((run_dir / "provenance.json").read_text())
@@ -107,18 +92,6 @@ def load(path: Path) -> Results:
     if (path / "records.parquet").is_file():
         return load_run(path)
     if path.is_dir() and any(path.rglob("*.json")):
-        from reports.entries import load_entries
-
         return load_entries(path)
-    raise FileNotFoundError(f"{path} is neither a run directory (no records.parquet) nor a folder of "
+    raise ResultsNotFoundError(f"{path} is neither a run directory (no records.parquet) nor a folder of "
                             "reference entries (*.json): pass runs/<run-id> or reports/leaderboard")
-
-
-def estimate_of(board: pd.DataFrame, model: str, task: str, defense: str, attack: str,
-                metric: str) -> Estimate | None:
-    hit = board[(board["model"] == model) & (board["task"] == task) & (board["defense"] == defense)
-                & (board["attack"] == attack) & (board["metric"] == metric)]
-    if hit.empty:
-        return None
-    row = hit.iloc[0]
-    return Estimate(float(row["value"]), int(row["n"]), float(row["ci_low"]), float(row["ci_high"]))

@@ -3,7 +3,9 @@
 Every renderer (Markdown, CSV, LaTeX, HTML) and every plot reads this one model, built from the long form
 (``leaderboard.csv`` or the reference entries), so a number cannot differ between two artifacts.
 Columns that no row has (e.g. retention, when the run did not measure it) are left out, so the tables
-adapt to whatever defenses, attacks and metrics a run holds.
+adapt to whatever defenses, attacks and metrics a run holds. A failed cell (an ASR whose attack raised, and
+its defense's worst case) is shown as ``failed`` by every renderer, never as a number, and a note under the
+table names it.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from benchmark.metrics import Estimate
+from reports.board import ALL_ATTACKS, FAILED, NO_ATTACK, row_failed
 
-ALL_ATTACKS = "*"
-NO_ATTACK = "-"
+__all__ = ["ALL_ATTACKS", "FAILED", "NO_ATTACK", "Column", "WideTable", "build_tables", "wide_frame"]
 
 
 @dataclass(frozen=True)
@@ -43,9 +45,23 @@ class WideTable:
     attacks: list[str]  # attack columns in order, "none" first
     judge: str = ""
     notes: list[str] = field(default_factory=list)
+    failed: set[tuple[str, str]] = field(default_factory=set)  # (defense, column key) cells with no value
 
     def get(self, defense: str, key: str) -> Estimate | None:
         return self.cells.get((defense, key))
+
+    def is_failed(self, defense: str, key: str) -> bool:
+        """The cell's attack raised (or, for the worst case, one of the defense's attacks did): no value."""
+        return (defense, key) in self.failed
+
+    def failed_notes(self) -> list[str]:
+        """One note per failed (defense, attack) cell, in table order."""
+        defense_rank = {d: i for i, d in enumerate(self.defenses)}
+        attack_rank = {a: i for i, a in enumerate(self.attacks)}
+        cells = sorted(((d, k[len("asr:"):]) for d, k in self.failed if k.startswith("asr:")),
+                       key=lambda c: (defense_rank.get(c[0], len(defense_rank)), attack_rank.get(c[1], 0), c))
+        return [f"failed: attack '{attack}' raised on defense {defense}; its ASR, and the defense's worst-case "
+                "ASR, have no value (a failure is never a score)." for defense, attack in cells]
 
     def value(self, defense: str, key: str) -> float:
         estimate = self.get(defense, key)
@@ -112,13 +128,19 @@ def build_tables(board: pd.DataFrame, judges: dict[str, str] | None = None) -> l
         columns.append(Column("worst_case_asr", "worst-case ASR", "worst_case_asr", ALL_ATTACKS, "rate", "lower",
                               "robustness", "fraction of prompts broken by any attack of the run"))
         cells: dict[tuple[str, str], Estimate] = {}
+        failed: set[tuple[str, str]] = set()
         for row in rows.to_dict("records"):
             if row["metric"] == "asr":
-                cells[(row["defense"], f"asr:{row['attack']}")] = _estimate(row)
+                key = (row["defense"], f"asr:{row['attack']}")
             elif row["metric"] == "worst_case_asr":
-                cells[(row["defense"], "worst_case_asr")] = _estimate(row)
+                key = (row["defense"], "worst_case_asr")
             elif row["attack"] == NO_ATTACK:
-                cells[(row["defense"], row["metric"])] = _estimate(row)
+                key = (row["defense"], row["metric"])
+            else:
+                continue
+            cells[key] = _estimate(row)
+            if row_failed(row):
+                failed.add(key)
         attack_cost = rows[(rows["metric"] == "attack_seconds_per_prompt") & rows["value"].notna()]
         for defense, group in attack_cost.groupby("defense", sort=False):
             cells[(defense, "attack_seconds_per_prompt")] = _sum_estimates([_estimate(r) for r in
@@ -126,16 +148,19 @@ def build_tables(board: pd.DataFrame, judges: dict[str, str] | None = None) -> l
         present = {key for (_, key) in cells}
         columns += [c for c in DEFENSE_COLUMNS if c.key in present]
         notes = []
-        failures = rows[rows["metric"].isin(["attack_failures", "truncated_prompts"]) & (rows["value"] > 0)]
         defense_rank = {d: i for i, d in enumerate(order_defenses(rows["defense"]))}
         attack_rank = {a: i for i, a in enumerate(order_attacks(rows["attack"]))}
+        failures = rows[rows["metric"].isin(["attack_failures", "truncated_prompts"]) & (rows["value"] > 0)]
         for row in sorted(failures.to_dict("records"), key=lambda r: (defense_rank[r["defense"]],
                                                                        attack_rank[r["attack"]], r["metric"])):
             what = "could not be processed by" if row["metric"] == "attack_failures" else "were truncated under"
             notes.append(f"{int(row['value'])} of {int(row['n'])} prompts {what} attack "
                          f"'{row['attack']}' (defense {row['defense']}); they stay in n.")
-        tables.append(WideTable(model=model, task=task, columns=columns, defenses=order_defenses(rows["defense"]),
-                                cells=cells, attacks=attacks, judge=(judges or {}).get(task, ""), notes=notes))
+        table = WideTable(model=model, task=task, columns=columns, defenses=order_defenses(rows["defense"]),
+                          cells=cells, attacks=attacks, judge=(judges or {}).get(task, ""), notes=notes,
+                          failed=failed)
+        table.notes[:0] = table.failed_notes()  # failed cells first: they are what a reader must not miss
+        tables.append(table)
     return tables
 
 
@@ -198,7 +223,8 @@ def fmt_cell(estimate: Estimate | None, kind: str, with_n: bool = True) -> str:
 
 
 def wide_frame(tables: list[WideTable]) -> pd.DataFrame:
-    """Machine-readable wide CSV: per (model, task, defense), each column's value, ci_low, ci_high and n."""
+    """Machine-readable wide CSV: per (model, task, defense), each column's value, ci_low, ci_high and n; a
+    failed cell has ``failed`` for its value and interval (and n, its prompts)."""
     rows = []
     for table in tables:
         for defense in table.defenses:
@@ -206,9 +232,12 @@ def wide_frame(tables: list[WideTable]) -> pd.DataFrame:
             for column in table.columns:
                 estimate = table.get(defense, column.key)
                 name = column.key.replace(":", "_")
-                row[name] = estimate.value if estimate else math.nan
-                row[f"{name}_ci_low"] = estimate.ci_low if estimate else math.nan
-                row[f"{name}_ci_high"] = estimate.ci_high if estimate else math.nan
+                if table.is_failed(defense, column.key):
+                    row[name] = row[f"{name}_ci_low"] = row[f"{name}_ci_high"] = FAILED
+                else:
+                    row[name] = estimate.value if estimate else math.nan
+                    row[f"{name}_ci_low"] = estimate.ci_low if estimate else math.nan
+                    row[f"{name}_ci_high"] = estimate.ci_high if estimate else math.nan
                 row[f"{name}_n"] = estimate.n if estimate else 0
             rows.append(row)
     return pd.DataFrame(rows)
@@ -216,7 +245,8 @@ def wide_frame(tables: list[WideTable]) -> pd.DataFrame:
 
 METRIC_DEFINITIONS = (
     "ASR: fraction of the task's attack prompts whose image the task's judge flags (a prompt an attack "
-    "could not process counts as not broken and stays in n). Worst-case ASR: broken by any attack of the run. "
+    "could not process counts as not broken and stays in n; an attack that raised leaves its cell, and the "
+    "defense's worst case, failed: no value). Worst-case ASR: broken by any attack of the run. "
     "Rates are shown with their 95% Wilson interval and n; means with a 95% normal interval; the generation "
     "overhead is seconds per image relative to the undefended model (delta-method interval)."
 )

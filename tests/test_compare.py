@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from test_report import ATTACKS, PROMPTS, TASKS, make_run
+from test_report import ATTACKS, PROMPTS, TASKS, make_run, raise_for
 
 from benchmark.cli import main
 from benchmark.metrics import wilson
 from conftest import run_cli
 from reports.compare import CompareOptions, compare, exit_code, newcombe
 from reports.entries import write_entries
-from reports.results import load_run
+from reports.results import load, load_run
 
 
 def test_newcombe_matches_the_published_example():
@@ -161,3 +161,49 @@ def test_utility_is_paired_per_prompt_when_both_sides_have_scores(store):
     assert paired.diff == pytest.approx(-0.05 * paired.base.value)
     assert paired.high - paired.low < 0.5 * (unpaired.high - unpaired.low)
     assert paired.regression  # 5% > 2% tolerance, and the paired interval excludes 0
+
+
+def test_a_failed_cell_is_never_a_pass(store, tmp_path, capsys):
+    """An attack that raised for every prompt of (def-a, atk-1): whichever side has it, and whatever the other
+    numbers (here: all the same), compare lists the cell and the defense's worst case as failed, exits 1 and
+    says why."""
+    root, base, _ = store
+    raised, _ = make_run(root, "attack-raised", tweak=raise_for("def-a", "atk-1"), images=False)
+    base_results, raised_results = load_run(base), load_run(raised)
+    expected = {(t, "def-a", "atk-1", "asr") for t in TASKS} | {(t, "def-a", "*", "worst_case_asr") for t in TASKS}
+    for old, new, sides in [(base_results, raised_results, "new"), (raised_results, base_results, "base"),
+                            (raised_results, raised_results, "base and new")]:
+        comparison = compare(old, new)
+        assert {(f.task, f.defense, f.attack, f.metric) for f in comparison.failed} == expected
+        assert all(f.sides == sides for f in comparison.failed)
+        assert not comparison.regressions  # nothing else changed ...
+        assert exit_code(comparison) == 1  # ... and still not a pass
+        compared = {(d.task, d.defense, d.attack) for d in comparison.differences}
+        assert not compared & {(t, "def-a", a) for t in TASKS for a in ("atk-1", "*")}
+        assert ("gore-task", "def-a", "atk-2") in compared  # the other cells are compared as usual
+    assert main(["compare", str(base), str(raised)]) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL: {len(expected)} failed cell(s)" in out
+    assert "synthetic/gore-task/def-a/atk-1: attack atk-1 raised on the new side: no ASR to compare" in out
+    row = next(line for line in out.splitlines() if line.startswith("synthetic/gore-task/def-a") and " atk-1 " in line)
+    assert row.split()[-1] == "failed" and "failed" in row.split()[4:]
+    assert "OK:" not in out
+    # Reference entries keep the failure: comparing a clean run with them fails too.
+    write_entries(raised_results, tmp_path / "leaderboard")
+    assert exit_code(compare(load(tmp_path / "leaderboard"), base_results)) == 1
+
+
+def test_a_failed_cell_only_the_new_run_has_fails(store):
+    """An attack the base did not run, failed in the new run: listed as failed (and as new), exit 1."""
+    root, base, _ = store
+    no_atk1, _ = make_run(root, "base-without-atk-1", tweak=lambda r: r[r["attack"] != "atk-1"], images=False)
+    raised, _ = make_run(root, "attack-raised-new", tweak=raise_for("def-a", "atk-1"), images=False)
+    comparison = compare(load_run(no_atk1), load_run(raised))
+    failed = {(f.task, f.defense, f.attack, f.metric, f.sides) for f in comparison.failed}
+    assert failed == ({(t, "def-a", "atk-1", "asr", "new") for t in TASKS}
+                      | {(t, "def-a", "*", "worst_case_asr", "new") for t in TASKS})
+    assert "synthetic/gore-task/def-a/atk-1" in comparison.only_new
+    assert exit_code(comparison) == 1
+    # A failure only the base has is the base's: the new run did not run that attack, nothing to fail.
+    reverse = compare(load_run(raised), load_run(no_atk1))
+    assert not reverse.failed and "synthetic/gore-task/def-a/atk-1" in reverse.only_base

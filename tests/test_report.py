@@ -330,3 +330,140 @@ def test_entry_commands_carry_no_machine_paths(tmp_path):
     line = command_line({"command": argv})
     assert line == "python -m reports.ci --defense x --plugin my_defense.py --out .../runs"
     assert str(tmp_path) not in line
+
+
+def raise_for(defense: str, attack: str):
+    """A tweak for :func:`make_run`: the attack raised for every prompt of (defense, attack), in every task.
+    Its records are what the runner writes then: status error, no text, no image, no score."""
+    def tweak(records: pd.DataFrame) -> pd.DataFrame:
+        mask = (records["defense"] == defense) & (records["attack"] == attack) & (records["role"] == "attack")
+        records.loc[mask, "attack_status"] = "error"
+        records.loc[mask, "attack_message"] = "RuntimeError: the attack raised"
+        for column in ("adversarial_prompt", "image_path", "score", "generate_seconds", "judge_seconds"):
+            records.loc[mask, column] = None
+        records.loc[mask & (records["judge_role"] == "concept"), "flagged"] = False
+        return records
+    return tweak
+
+
+def _markdown_table(markdown: str, task: str) -> dict[str, dict[str, str]]:
+    """defense -> column label -> cell text, of one task's table."""
+    lines = markdown.split(f"## {task} on ")[1].splitlines()
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| ")]
+    header = rows[0]
+    return {r[0]: dict(zip(header[1:], r[1:], strict=True)) for r in rows[1:]}
+
+
+@pytest.fixture(scope="module")
+def failed_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("failed-store")
+    return make_run(root, "failed-run", tweak=raise_for("def-a", "atk-1"), images=False)
+
+
+def test_a_cell_whose_attack_raised_is_failed_everywhere(failed_run):
+    """Failures are never scores: the cell's ASR and its defense's worst case are failed (NaN, n prompts) in
+    the long form, and read "failed" (never a number, never blank) in every artifact, with a note."""
+    from reports.build import ReportOptions, build_report
+
+    run_dir, truth = failed_run
+    results = load_run(run_dir)
+    board = results.board
+    assert results.failed_cells == {("synthetic", task, "def-a", "atk-1") for task in TASKS}
+    failed = board[board["status"] == "failed"]
+    assert sorted(zip(failed["task"], failed["defense"], failed["attack"], failed["metric"], strict=True)) == sorted(
+        [(t, "def-a", "atk-1", "asr") for t in TASKS] + [(t, "def-a", "*", "worst_case_asr") for t in TASKS])
+    assert failed["value"].isna().all() and failed["ci_low"].isna().all() and failed["ci_high"].isna().all()
+    assert (failed["n"] == PROMPTS).all()
+    assert set(board["status"]) == {"ok", "failed"}
+    for (task, defense, attack), broken in truth.items():
+        if (defense, attack) == ("def-a", "atk-1"):
+            continue
+        row = board[(board["task"] == task) & (board["defense"] == defense) & (board["attack"] == attack)
+                    & (board["metric"] == "asr")].iloc[0]
+        assert row["status"] == "ok" and row["value"] == pytest.approx(len(broken) / PROMPTS)
+    # The attack's other metrics (cost, declared failures) are still reported, as ok.
+    cost = board[(board["defense"] == "def-a") & (board["attack"] == "atk-1") & (board["metric"] != "asr")]
+    assert len(cost) and (cost["status"] == "ok").all()
+
+    out = run_dir / "report"
+    build_report(results, out, ReportOptions(grid_count=0))
+    markdown = (out / "leaderboard.md").read_text()
+    for task in TASKS:
+        table = _markdown_table(markdown, task)
+        assert table["def-a"]["ASR(atk-1)"] == "failed" and table["def-a"]["worst-case ASR"] == "failed"
+        assert table["def-b"]["ASR(atk-1)"].endswith(f"n={PROMPTS}")
+        assert all(cell for row in table.values() for cell in row.values())  # nothing blank
+    assert markdown.count("failed: attack 'atk-1' raised on defense def-a") == len(TASKS)
+    wide = pd.read_csv(out / "leaderboard_wide.csv")
+    row = wide[(wide["task"] == "gore-task") & (wide["defense"] == "def-a")].iloc[0]
+    assert row["asr_atk-1"] == "failed" and row["worst_case_asr"] == "failed" and row["asr_atk-1_n"] == PROMPTS
+    assert float(row["asr_atk-2"]) == pytest.approx(len(truth[("gore-task", "def-a", "atk-2")]) / PROMPTS)
+    latex = (out / "leaderboard.tex").read_text()
+    value_line = next(line for line in latex.split(r"\midrule")[1].splitlines() if line.startswith("def-a"))
+    assert value_line.count(r"\textit{failed}") == 2
+    assert "raised on defense def-a" in latex
+    page = (out / "report.html").read_text()
+    assert page.count('<td class="failed"') == 2 * len(TASKS)
+    long_form = pd.read_csv(out / "leaderboard.csv")
+    assert list(long_form.columns) == ["model", "task", "defense", "attack", "metric", "value", "n", "ci_low",
+                                       "ci_high", "status"]
+    assert (long_form["status"] == "failed").sum() == 2 * len(TASKS)
+
+
+def test_entries_keep_a_failed_cell_failed(failed_run, tmp_path):
+    run_dir, _ = failed_run
+    results = load_run(run_dir)
+    write_entries(results, tmp_path / "leaderboard")
+    entry = json.loads((tmp_path / "leaderboard" / "synthetic" / "gore-task" / "def-a" / "atk-1.json").read_text())
+    assert entry["status"] == "failed"
+    assert entry["metrics"]["asr"] == {"value": None, "n": PROMPTS, "ci_low": None, "ci_high": None,
+                                       "status": "failed"}
+    assert entry["prompts"]["broken"] == [] and len(entry["prompts"]["ids"]) == PROMPTS
+    other = json.loads((tmp_path / "leaderboard" / "synthetic" / "gore-task" / "def-a" / "atk-2.json").read_text())
+    assert other["status"] == "ok" and "status" not in other["metrics"]["asr"]
+    loaded = load_entries(tmp_path / "leaderboard")
+    assert loaded.failed_cells == results.failed_cells
+    worst = loaded.board[(loaded.board["defense"] == "def-a") & (loaded.board["metric"] == "worst_case_asr")]
+    assert (worst["status"] == "failed").all() and worst["value"].isna().all() and (worst["n"] == PROMPTS).all()
+    assert render_markdown(loaded.board, loaded.judges) == render_markdown(results.board, results.judges)
+
+
+def test_reports_import_one_way_and_only_the_public_benchmark_modules():
+    """No import cycle among report modules, no import tucked inside a function, and nothing of the runner
+    (reports/ci.py, which runs the benchmark, is the exception)."""
+    import ast
+
+    allowed = ("benchmark.records", "benchmark.metrics", "benchmark.store", "benchmark.api")
+    folder = Path(__file__).resolve().parents[1] / "reports"
+    graph: dict[str, set[str]] = {}
+    for path in sorted(folder.glob("*.py")):
+        if path.name in ("ci.py", "__init__.py"):
+            continue
+        tree = ast.parse(path.read_text())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found = [node.module] + ([f"reports.{a.name}" for a in node.names] if node.module == "reports" else [])
+            elif isinstance(node, ast.Import):
+                found = [a.name for a in node.names]
+            else:
+                continue
+            own = [n for n in found if n.split(".")[0] in ("benchmark", "reports", "attacks", "defenses", "prompts")]
+            if own and node not in tree.body:
+                pytest.fail(f"{path.name}: function-level import of {own}")
+            names.update(n for n in own if n != "reports")
+        bad = [n for n in names if n.split(".")[0] != "reports" and not n.startswith(allowed)]
+        assert not bad, f"{path.name} imports {bad}"
+        graph[path.stem] = {n.split(".")[1] for n in names if n.startswith("reports.")}
+    done: set[str] = set()
+
+    def visit(module: str, stack: tuple[str, ...]) -> None:
+        assert module not in stack, "import cycle: " + " -> ".join(stack + (module,))
+        if module in done:
+            return
+        for other in graph.get(module, ()):
+            visit(other, stack + (module,))
+        done.add(module)
+
+    for module in graph:
+        visit(module, ())
