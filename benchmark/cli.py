@@ -17,8 +17,9 @@ import logging
 import sys
 from pathlib import Path
 
-from benchmark.config import ConfigError, config_from_mapping, load_suite_file, merge, parse_option
-from benchmark.registry import ALL_REGISTRIES, REGISTRIES_BY_KIND, SUITES, UnknownEntryError, load_plugin
+from benchmark.api.errors import RunFailedError, UserError
+from benchmark.api.registry import ALL_REGISTRIES, ATTACKS, DEFENSES, JUDGES, REGISTRIES_BY_KIND, SUITES, load_plugin
+from benchmark.config import config_from_mapping, load_suite_file, merge, parse_option
 
 log = logging.getLogger("benchmark")
 
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list registered entries with a one-line description")
     lst.add_argument("kind", nargs="?", choices=sorted(REGISTRIES_BY_KIND), help="only this kind")
     lst.add_argument("--plugin", action="append", default=[], help="also load this plugin file")
+    lst.add_argument("--options", metavar="NAME",
+                     help="print the options of a defense, attack or judge (type, default, allowed values, help); "
+                     "KIND:NAME (e.g. judge:nudenet) when a name is registered under two kinds")
 
     report = sub.add_parser(
         "report", help="leaderboard (Markdown, CSV, LaTeX, HTML), plots and image grids of a run",
@@ -139,14 +143,29 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmark.runner import execute, resolve
+    from benchmark.resolve import resolve
+    from benchmark.runner import execute
 
     config = config_from_args(args)
     if args.dry_run:
-        resolved, _ = resolve(config)
-        print(resolved.to_yaml())
+        plan = resolve(config)
+        print(plan.config.to_yaml())
+        for note in plan.notes:
+            log.warning("%s", note)
         return 0
-    summary = execute(config)
+    try:
+        summary = execute(config)
+    except RunFailedError as failed:
+        summary = failed.run_dir
+        print(summary.markdown)
+        for counter in summary.counters:
+            print(counter)
+        print(f"error: {len(failed.failures)} cell(s) failed; the leaderboard marks them failed, every other cell "
+              f"was computed and kept (details: {summary.run_dir / 'failures.json'}):", file=sys.stderr)
+        for line in failed.failures:
+            print(f"  {line}", file=sys.stderr)
+        print(summary.run_dir)
+        return 3
     print(summary.markdown)
     for counter in summary.counters:
         print(counter)
@@ -157,6 +176,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     for plugin in args.plugin:
         load_plugin(plugin)
+    if args.options:
+        return print_options(args.options)
     registries = [REGISTRIES_BY_KIND[args.kind]] if args.kind else ALL_REGISTRIES
     for registry in registries:
         entries = list(registry.entries())
@@ -168,13 +189,56 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_options(target: str) -> int:
+    """``list --options NAME``: the component's options as a table."""
+    registries = {"defense": DEFENSES, "attack": ATTACKS, "judge": JUDGES}
+    kind, sep, name = target.partition(":")
+    if sep and kind not in registries:
+        raise UserError(f"--options {target}: KIND must be defense, attack or judge")
+    if not sep:
+        name = target
+    candidates = [(k, r) for k, r in registries.items() if (not sep or k == kind) and name in r]
+    if not candidates:
+        registry = registries[kind] if sep else DEFENSES
+        close = [n for r in registries.values() for n in r.names()]
+        import difflib
+
+        hint = difflib.get_close_matches(name, close, n=3)
+        raise UserError(f"--options {target}: no defense, attack or judge of that name"
+                        + (f"; did you mean {' or '.join(repr(h) for h in hint)}?" if hint else "")
+                        + f" (`python -m benchmark list {registry.kind}`)")
+    if len(candidates) > 1:
+        raise UserError(f"--options {name}: both a {' and a '.join(k for k, _ in candidates)}; "
+                        f"write {candidates[0][0]}:{name}")
+    kind, registry = candidates[0]
+    cls = registry.get(name)
+    print(f"{kind} {name}: {registry.entry(name).description}")
+    infos = cls.option_infos()
+    if not infos:
+        print("  (no options)")
+    for info in infos:
+        allowed = f"; {info.allowed}" if info.allowed else ""
+        print(f"  {info.name} ({info.type}{allowed}) = {info.default!r}")
+        if info.help:
+            print(f"      {info.help}")
+    print(f"Set one with --option {kind}:{name}.KEY=VALUE")
+    return 0
+
+
+def existing_folder(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise UserError(f"{what} {path}: no such folder; pass a run directory (the last line `run` prints) or a "
+                        "folder of reference entries such as reports/leaderboard")
+    return path
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from benchmark.store import atomic_write_text
     from reports.build import ReportOptions, build_report
     from reports.leaderboard import render_markdown
     from reports.results import load
 
-    results = load(args.run_dir)
+    results = load(existing_folder(args.run_dir, "run_dir"))
     options = ReportOptions(plots=not args.no_plots, grid_count=args.grid_count, unblurred=args.unblurred,
                             grid_prompts=[p for p in (args.grid_prompts or "").split(",") if p])
     out = args.out or args.run_dir / "report"
@@ -199,38 +263,47 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from reports.results import load
 
     if not 0 < args.confidence < 1:
-        raise ValueError(f"--confidence must be in (0, 1), got {args.confidence}")
+        raise UserError(f"--confidence must be in (0, 1), got {args.confidence}")
     against = {}
     for pair in args.against:
         new_name, sep, base_name = pair.partition("=")
         if not sep or not new_name or not base_name:
-            raise ValueError(f"--against takes NEW_DEFENSE=BASE_DEFENSE, got {pair!r}")
+            raise UserError(f"--against takes NEW_DEFENSE=BASE_DEFENSE, got {pair!r}")
         against[new_name] = base_name
-    base, new = load(args.base), load(args.new)
+    base, new = load(existing_folder(args.base, "BASE")), load(existing_folder(args.new, "NEW"))
     comparison = compare(base, new, CompareOptions(confidence=args.confidence, asr_margin=args.asr_margin,
                                                    utility_tolerance=args.utility_tolerance, against=against))
     print(render(comparison, str(args.base), str(args.new)), end="")
     return exit_code(comparison)
 
 
+def quiet_libraries(verbose: bool) -> None:
+    """The run prints its own progress and warnings: libraries' advice (transformers' torchvision notices,
+    diffusers' accelerate hint) is turned down unless ``-v``."""
+    import os
+    import warnings
+
+    if verbose:
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    for noisy in ("httpx", "huggingface_hub", "diffusers", "transformers", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    for module in ("transformers", "diffusers", "torchvision", "huggingface_hub", "torch"):
+        warnings.filterwarnings("ignore", module=module)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "huggingface_hub", "diffusers", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if not args.verbose else logging.INFO)
+    quiet_libraries(args.verbose)
     handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "compare": cmd_compare}
     try:
         return handlers[args.command](args)
-    except (UnknownEntryError, ConfigError, FileNotFoundError, ValueError) as error:
+    except UserError as error:  # bad input: one line, exit 2; anything else is a bug and keeps its traceback
         if args.verbose:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except Exception as error:  # model unavailable and friends: say what, not a traceback
-        from benchmark.models.base import ModelUnavailableError
-
-        if isinstance(error, ModelUnavailableError) and not args.verbose:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        raise

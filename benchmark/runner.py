@@ -1,4 +1,4 @@
-"""Resolve a run's config, then drive the stages over its cells and write the run directory."""
+"""Drive the stages over a resolved run's cells and write the run directory."""
 
 from __future__ import annotations
 
@@ -9,17 +9,26 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
-from benchmark.config import ConfigError, RunConfig
-from benchmark.hashing import file_hash, stable_hash
-from benchmark.records import COLUMNS
-from benchmark.registry import ATTACKS, DEFENSES, JUDGES, PROMPT_SETS, TASKS, load_plugin
+from benchmark import provenance
+from benchmark.api.attack import AttackContext
+from benchmark.api.errors import ConfigError, RunFailedError
+from benchmark.api.model import DTYPES
+from benchmark.api.prompt import Prompt
+from benchmark.api.registry import ATTACKS, DEFENSES, JUDGES, PROMPT_SETS
+from benchmark.api.task import Task
+from benchmark.config import RunConfig
+from benchmark.records import Record, parquet_bytes, records_frame
+from benchmark.resolve import Plan, resolve
 from benchmark.stages import StageCounter
-from benchmark.stages.attack import run_attack
+from benchmark.stages.attack import CellFailure, run_attack
 from benchmark.stages.generate import GenCell, SharedGenerations, generate_cells, generate_key, image_seed
 from benchmark.stages.judge import judge_cells
 from benchmark.stages.prepare import prepare_defense
 from benchmark.store import CellStore, atomic_write_bytes, atomic_write_json, atomic_write_text
+from prompts import load_prompt_file
+from reports.leaderboard import compute_leaderboard, judge_descriptions, render_markdown
 
 log = logging.getLogger(__name__)
 
@@ -31,87 +40,26 @@ class RunSummary:
     leaderboard: pd.DataFrame
     markdown: str
     notes: list[str] = field(default_factory=list)
+    failures: list[CellFailure] = field(default_factory=list)
 
 
-def expand(names: list[str], registry, keep_first: str = "none") -> list[str]:
-    """``all`` -> every registered name; the reference entry ``none`` is always run, first."""
-    out: list[str] = []
-    for name in names:
-        for item in (registry.names() if name == "all" else [name]):
-            registry.entry(item)  # unknown names fail here, with a did-you-mean
-            if item not in out:
-                out.append(item)
-    return [keep_first] + [n for n in out if n != keep_first]
-
-
-def resolve(config: RunConfig) -> tuple[RunConfig, Any]:
-    """Load plugins, fill defaults from the model, expand ``all``; returns (resolved config, model spec)."""
-    from benchmark.models import get_model_spec
-    from benchmark.models.base import DTYPES, resolve_device, resolve_dtype
-
-    config = dataclasses.replace(config, sampler=dataclasses.replace(config.sampler))
-    config.validate()
-    for plugin in config.plugins:
-        load_plugin(plugin)
-    spec = get_model_spec(config.model)
-    config.tasks = config.tasks or list(spec.default_tasks)
-    if not config.tasks:
-        raise ConfigError(f"model '{config.model}' has no default task: pass --task")
-    for task in config.tasks:
-        TASKS.entry(task)
-    asked_all_defenses = "all" in config.defenses
-    config.defenses = expand(config.defenses, DEFENSES)
-    if asked_all_defenses:  # "all" leaves out defenses that need user-supplied data (a checkpoint path)
-        config.defenses = [d for d in config.defenses if d in config.defense_options
-                           or getattr(DEFENSES.get(d), "runs_without_options", True)]
-    asked_all = "all" in config.attacks
-    config.attacks = expand(config.attacks, ATTACKS)
-    if asked_all:  # "all" means every attack that can run without user-supplied data
-        config.attacks = [a for a in config.attacks if getattr(ATTACKS.get(a), "runs_without_options", True)]
-    for defense in config.defenses:
-        cls = DEFENSES.get(defense)
-        if not cls(**config.defense_options.get(defense, {})).supports(spec.name):
-            raise ConfigError(f"defense '{defense}' does not support model '{spec.name}'")
-    sampler = config.sampler
-    defaults = spec.defaults
-    sampler.num_inference_steps = sampler.num_inference_steps or defaults.num_inference_steps
-    sampler.guidance_scale = sampler.guidance_scale if sampler.guidance_scale is not None else defaults.guidance_scale
-    sampler.height = sampler.height or defaults.height
-    sampler.width = sampler.width or defaults.width
-    device = resolve_device(config.device)
-    config.device = device.type if device.index is None else str(device)
-    config.dtype = {dtype: name for name, dtype in DTYPES.items()}[resolve_dtype(config.dtype, device)]
-    return config, spec
-
-
-def run_id(config: RunConfig) -> str:
-    """Named by content: the same resolved config gives the same run directory, so rerunning a command
-    finds its cells. ``out``, ``name``, the batch size and plugin paths do not enter it (plugin
-    contents do)."""
-    identity = config.to_dict()
-    for key in ("out", "name", "plugins"):
-        identity.pop(key)
-    identity["sampler"].pop("batch_size")  # changes speed, never an image
-    identity["plugin_contents"] = sorted(file_hash(p) for p in config.plugins)
-    for key in ("prompts", "benign_prompts"):
-        if identity[key]:
-            identity[key] = file_hash(identity[key])
-    prefix = config.name or config.model.rstrip("/").split("/")[-1]
-    return f"{prefix}-{stable_hash(identity, 10)}"
-
-
-def load_prompts(set_name: str, file: str | None, column: str | None, limit: int | None, data_dir: str | None):
-    from prompts.loaders import load_prompt_file
-
+def load_prompts(set_name: str, file: str | None, column: str | None, limit: int | None, data_dir: str | None,
+                 checks: list[dict[str, Any]]) -> tuple[str, list[Prompt]]:
+    """A task's prompts: a user's file, or a registered set (whose file check goes into ``checks``)."""
+    if limit == 0:  # --max-prompts 0 / --max-benign 0: the set is not used, so not even read
+        return set_name, []
     if file:
         return Path(file).name, load_prompt_file(file, column=column, limit=limit)
     spec = PROMPT_SETS.get(set_name)
-    return set_name, spec.load(Path(data_dir) if data_dir else None, limit=limit)
+    check_file = getattr(spec, "check_file", None)
+    if check_file is not None and not getattr(spec, "packaged", True):
+        checks.append({"prompt_set": set_name, **check_file(data_dir).as_dict()})
+    return set_name, spec.load(data_dir, limit=limit)
 
 
-def build_judge(spec, overrides: dict[str, dict[str, Any]], device: str):
-    options = {**spec.options, **overrides.get(spec.name, {})}
-    return JUDGES.get(spec.name)(device=device, **options)
+def build_judge(plan: Plan, task: Task, role: str):
+    spec = task.judge if role == "concept" else task.utility_judge
+    return JUDGES.get(spec.name)(device=plan.config.device, **plan.judge_options[task.name][role])
 
 
 def is_truncated(tokenizer, text: str | None) -> bool:
@@ -121,21 +69,18 @@ def is_truncated(tokenizer, text: str | None) -> bool:
 
 
 def execute(config: RunConfig) -> RunSummary:
-    from attacks.base import AttackContext
-    from benchmark import provenance
-
-    config, spec = resolve(config)
+    """Run every cell of ``config``; cached cells are reused. Raises :class:`RunFailedError` after writing
+    everything when some (task, defense, attack) cells failed."""
+    plan = resolve(config)
+    config = plan.config
     store = CellStore(config.out)
-    run_dir = store.root / run_id(config)
+    run_dir = store.run_dir(plan.run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", config.to_yaml())
     log.info("run directory %s", run_dir)
 
-    import torch
-
-    from benchmark.models.base import DTYPES
-
-    model = spec.load(torch.device(config.device), DTYPES[config.dtype], config.model_revision)
+    model = plan.spec.load(torch.device(config.device), DTYPES[config.dtype], config.model_revision)
+    check_image_size(model, config)
     atomic_write_json(run_dir / "provenance.json", provenance.collect(model.device, model.provenance))
     counters = {s: StageCounter(s) for s in ("prepare", "attack", "generate", "judge")}
     sampler = config.sampler
@@ -143,19 +88,21 @@ def execute(config: RunConfig) -> RunSummary:
                     "height": sampler.height, "width": sampler.width,
                     # the base seed: attacks that check images draw them from the run's evaluation seeds
                     "seed": sampler.seed}
-    rows: list[dict[str, Any]] = []
-    notes: list[str] = []
+    rows: list[Record] = []
+    notes: list[str] = list(plan.notes)
+    failures: list[CellFailure] = []
     prepare_seconds: dict[str, float] = {}
+    prompt_checks: list[dict[str, Any]] = []
 
-    for task_name in config.tasks:
-        task = TASKS.get(task_name)
+    for task in plan.tasks:
         attack_set, attack_prompts = load_prompts(task.attack_prompts, config.prompts, config.prompt_column,
-                                                  config.max_prompts, config.data_dir)
+                                                  config.max_prompts, config.data_dir, prompt_checks)
         benign_set, benign_prompts = load_prompts(task.benign_prompts, config.benign_prompts,
-                                                  config.prompt_column, config.max_benign, config.data_dir)
+                                                  config.prompt_column, config.max_benign, config.data_dir,
+                                                  prompt_checks)
         # Judges first: a missing judge model should fail before an hour of generation, not after.
-        concept_judge = build_judge(task.judge, config.judge_options, config.device)
-        utility_judge = build_judge(task.utility_judge, config.judge_options, config.device)
+        concept_judge = build_judge(plan, task, "concept")
+        utility_judge = build_judge(plan, task, "utility")
         task_cells: list[tuple[GenCell, dict]] = []
         for defense_name in config.defenses:
             defense = DEFENSES.get(defense_name)(**config.defense_options.get(defense_name, {}))
@@ -174,11 +121,14 @@ def execute(config: RunConfig) -> RunSummary:
                         continue
                     ctx = AttackContext(model=model, defended=defended, task=task, judge=concept_judge,
                                         sampler=sampler_dict, data_dir=config.data_dir, generations=shared)
-                    results = run_attack(attack, attack_prompts, ctx, store, model.key, defense_key,
+                    outcome = run_attack(attack, attack_prompts, ctx, store, model.key, defense_key,
                                          counters["attack"])
+                    if outcome.error is not None:
+                        failures.append(CellFailure(task.name, defense_name, attack_name, outcome.error,
+                                                    outcome.traceback))
                     for prompt in attack_prompts:
-                        cells += _cells_for(prompt, results[prompt.id], "attack", attack_set, attack_name, task,
-                                            defense_name, defense_key, config, model)
+                        cells += _cells_for(prompt, outcome.records[prompt.id], "attack", attack_set, attack_name,
+                                            task, defense_name, defense_key, config, model)
                 for prompt in benign_prompts:
                     plain = {"text": prompt.text, "status": "ok", "message": "", "seconds": 0.0, "queries": 0,
                              "embeds_path": None, "meta": {}}
@@ -203,18 +153,39 @@ def execute(config: RunConfig) -> RunSummary:
                 rows.append(_record(config, run_dir.name, model, cell, attack_record, gen, score, identity,
                                     judge.role, prepare_seconds.get(cell.defense_key)))
 
-    records = pd.DataFrame(rows, columns=COLUMNS)
-    buffer = records.to_parquet(index=False)
-    atomic_write_bytes(run_dir / "records.parquet", buffer)
-    from reports.leaderboard import compute_leaderboard, judge_descriptions, render_markdown
-
+    atomic_write_json(run_dir / "provenance.json",
+                      {**provenance.collect(model.device, model.provenance), "prompt_files": prompt_checks})
+    records = records_frame(rows)
+    atomic_write_bytes(run_dir / "records.parquet", parquet_bytes(records))
     board = compute_leaderboard(records)
     atomic_write_text(run_dir / "leaderboard.csv", board.to_csv(index=False))
     markdown = render_markdown(board, judge_descriptions(records))
+    for check in prompt_checks:
+        if check.get("matches") is False:
+            notes.append(f"prompt set {check['prompt_set']}: the file's sha256 differs from the one its spec was "
+                         "written for; its prompts may differ from the published set")
     if notes:
         markdown += "\n" + "\n".join(f"Note: {n}" for n in notes) + "\n"
     atomic_write_text(run_dir / "leaderboard.md", markdown)
-    return RunSummary(run_dir, list(counters.values()), board, markdown, notes)
+    failures_path = run_dir / "failures.json"
+    if failures:
+        atomic_write_json(failures_path, [dataclasses.asdict(f) for f in failures])
+    elif failures_path.exists():
+        failures_path.unlink()  # a rerun that computed the failed cells clears the old list
+    summary = RunSummary(run_dir, list(counters.values()), board, markdown, notes, failures)
+    if failures:
+        raise RunFailedError([f.line() for f in failures], summary)
+    return summary
+
+
+def check_image_size(model, config: RunConfig) -> None:
+    """Height and width must be multiples of the VAE's downsampling factor (checked once the model is
+    loaded, before any work)."""
+    factor = int(getattr(model.pipe, "vae_scale_factor", 8))
+    for name in ("height", "width"):
+        value = getattr(config.sampler, name)
+        if value % factor:
+            raise ConfigError(f"sampler.{name} must be a multiple of {factor} for {model.name}, got {value}")
 
 
 def _cells_for(prompt, attack_record, role, prompt_set, attack_name, task, defense_name, defense_key,
@@ -253,18 +224,24 @@ def _retained(cell: GenCell, score: dict | None, identity: dict) -> bool | None:
     return all(details.get(concept, 0.0) >= threshold for concept in cell.expects)
 
 
+def _attack_message(attack_record: dict) -> str:
+    """The attack's message, led by its declared failure reason when the prompt failed."""
+    reason, message = attack_record.get("reason") or "", attack_record.get("message") or ""
+    return f"{reason}: {message}" if reason and message else reason or message
+
+
 def _record(config, run_name, model, cell: GenCell, attack_record, gen, score, identity, role,
-            prepare_seconds: float | None = None) -> dict:
+            prepare_seconds: float | None = None) -> Record:
     blocked = bool(gen["blocked"]) if gen else False
     flagged = None
-    if role == "concept":
+    if role == "concept" and cell.attack_status != "error":  # a failed cell has no verdict at all
         flagged = bool(score["flagged"]) and not blocked if score else False
-    return {
+    return Record(**{
         "run_id": run_name, "model": model.name, "model_key": model.key, "task": cell.task,
         "defense": cell.defense, "defense_key": cell.defense_key, "attack": cell.attack, "role": cell.role,
         "prompt_set": cell.prompt_set, "prompt_id": cell.prompt_id, "source_prompt": cell.source_prompt,
         "adversarial_prompt": cell.adversarial_prompt, "truncated": cell.truncated,
-        "attack_status": cell.attack_status, "attack_message": attack_record.get("message", ""),
+        "attack_status": cell.attack_status, "attack_message": _attack_message(attack_record),
         "attack_seconds": attack_record.get("seconds", 0.0), "attack_queries": attack_record.get("queries", 0),
         "seed": cell.seed, "image_index": cell.image_index, "guidance_scale": cell.guidance_scale,
         "num_inference_steps": cell.num_inference_steps, "height": cell.height, "width": cell.width,
@@ -275,4 +252,4 @@ def _record(config, run_name, model, cell: GenCell, attack_record, gen, score, i
         **identity, "judge_role": role,
         "score": score["score"] if score else None, "flagged": flagged,
         "judge_seconds": score["judge_seconds"] if score else None,
-    }
+    })

@@ -1,14 +1,16 @@
 """The attack stage's contract, on the tiny random model (plumbing, not quality): embedding outputs are
-sampled exactly like the text they encode, failures are counted and not cached, long prompts are
-truncated and counted."""
+sampled exactly like the text they encode, a crash fails its cell (never a score) and is not cached,
+declared per-prompt failures are counted, long prompts are truncated and counted."""
 
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
-from attacks.base import Attack, AttackOutput, ThreatModel
+from benchmark.api.attack import Attack, AttackOutput, ThreatModel
+from benchmark.api.errors import RunFailedError
+from benchmark.api.registry import ATTACKS
 from benchmark.config import RunConfig, SamplerConfig
-from benchmark.registry import ATTACKS
 from benchmark.runner import execute
 
 
@@ -47,9 +49,12 @@ class CrashingAttack(Attack):
 class PartialAttack(Attack):
     """Fails on every other prompt, on purpose."""
 
+    failures = {"no-optimum": "the optimisation found nothing"}
+
     def run(self, prompts, ctx):
         return [AttackOutput(p.id, p.text + " adv") if i % 2 == 0 else
-                AttackOutput(p.id, None, status="failed", message="could not optimise") for i, p in enumerate(prompts)]
+                AttackOutput(p.id, None, status="failed", reason="no-optimum", message="could not optimise")
+                for i, p in enumerate(prompts)]
 
 
 def _config(tmp_path, attacks, **kwargs) -> RunConfig:
@@ -79,18 +84,25 @@ def test_embedding_output_gives_the_same_images_as_its_text(tmp_path):
     assert (records.loc[records["attack"] == "test-embeds", "attack_queries"] == 1).all()
 
 
-def test_crashing_attack_counts_every_prompt_and_is_retried(tmp_path):
-    summary = execute(_config(tmp_path, ["test-crash"]))
+def test_crashing_attack_fails_its_cell_and_is_retried(tmp_path):
+    with pytest.raises(RunFailedError) as info:
+        execute(_config(tmp_path, ["none", "test-crash"]))
+    summary = info.value.run_dir
+    assert [f.attack for f in summary.failures] == ["test-crash", "test-crash"]
     board = summary.leaderboard
-    failures = board[(board["attack"] == "test-crash") & (board["metric"] == "attack_failures")]
-    assert (failures["value"] == 4).all() and (failures["n"] == 4).all()
     asr = board[(board["attack"] == "test-crash") & (board["metric"] == "asr")]
-    assert (asr["n"] == 4).all() and (asr["value"] == 0).all()
+    assert (asr["n"] == 4).all() and asr["value"].isna().all() and (asr["status"] == "failed").all()
+    worst = board[board["metric"] == "worst_case_asr"]
+    assert (worst["status"] == "failed").all() and worst["value"].isna().all()
+    kept = board[(board["attack"] == "none") & (board["metric"] == "asr")]
+    assert (kept["status"] == "ok").all() and kept["value"].notna().all()
     records = pd.read_parquet(summary.run_dir / "records.parquet")
     crashed = records[records["attack"] == "test-crash"]
+    assert (crashed["attack_status"] == "error").all() and crashed["score"].isna().all()
     assert crashed["image_path"].isna().all() and crashed["attack_message"].str.contains("attack exploded").all()
     before = CALLS["n"]
-    execute(_config(tmp_path, ["test-crash"]))
+    with pytest.raises(RunFailedError):
+        execute(_config(tmp_path, ["none", "test-crash"]))
     assert CALLS["n"] > before  # not cached: a rerun tries again
 
 
@@ -101,6 +113,9 @@ def test_partial_failures_stay_in_n(tmp_path):
                 & (board["defense"] == "none")].iloc[0]
     assert row["value"] == 2 and row["n"] == 4
     assert "2 of 4 prompts could not be processed by attack 'test-partial'" in summary.markdown
+    records = pd.read_parquet(summary.run_dir / "records.parquet")
+    failed = records[(records["attack"] == "test-partial") & (records["attack_status"] == "failed")]
+    assert failed["attack_message"].str.startswith("no-optimum: could not optimise").all()
 
 
 def test_long_prompts_are_truncated_and_counted(tmp_path):
@@ -116,8 +131,8 @@ def test_long_prompts_are_truncated_and_counted(tmp_path):
 
 
 def test_whitebox_attack_skipped_against_non_differentiable_defense(tmp_path):
-    from benchmark.registry import DEFENSES
-    from defenses.base import DefendedPipeline, Defense, DefenseKind
+    from benchmark.api.defense import DefendedPipeline, Defense, DefenseKind
+    from benchmark.api.registry import DEFENSES
 
     @DEFENSES.register("test-hard-filter")
     class HardFilter(Defense):

@@ -31,3 +31,37 @@ def test_ci_recipe_writes_references_then_passes_against_them(tmp_path):
     assert (run_dir / "compare.txt").read_text().rstrip().splitlines()[-1].startswith("OK:")
     assert (run_dir / "report" / "report.html").is_file()
 
+
+
+BROKEN_PLUGIN = '''
+import torch
+
+from benchmark.api import DEFENSES, DefendedPipeline, Defense, DefenseKind
+
+
+class Leaky(DefendedPipeline):
+    def __init__(self, *args):
+        super().__init__(*args)
+        with torch.no_grad():
+            next(self.pipe.unet.parameters()).mul_(1.5)  # an edit that close() never undoes
+
+
+@DEFENSES.register("leaky-defense")
+class LeakyDefense(Defense):
+    """A weight edit that forgets to undo itself on the shared pipeline."""
+
+    kind = DefenseKind.WEIGHT_EDIT
+
+    def apply(self, model, task, artifact_dir):
+        return Leaky(model, self, task)
+'''
+
+
+def test_ci_recipe_checks_a_plugins_contracts_before_its_benchmark(tmp_path):
+    plugin = tmp_path / "leaky.py"
+    plugin.write_text(BROKEN_PLUGIN)
+    result = _ci("--plugin", str(plugin), "--defense", "leaky-defense", "--out", str(tmp_path / "runs"),
+                 "--references", str(tmp_path / "leaderboard"))
+    assert result.returncode == 1, result.stdout + result.stderr[-2000:]
+    assert "defense leaky-defense: close() did not restore the shared pipeline (unet)" in result.stderr
+    assert not (tmp_path / "runs").exists()  # nothing was run

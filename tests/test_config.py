@@ -7,7 +7,7 @@ import pytest
 from benchmark.cli import build_parser, config_from_args
 from benchmark.config import ConfigError, RunConfig, SamplerConfig, config_from_mapping, parse_option
 from benchmark.hashing import canonical_json, stable_hash
-from benchmark.runner import resolve, run_id
+from benchmark.resolve import resolve, run_id
 from conftest import REPO
 
 
@@ -58,7 +58,7 @@ def test_cli_flags_and_suite_file_give_the_same_config(tmp_path):
     assert from_yaml.name == "mine" and from_toml.name == "mine"  # run directories named after the suite
     from_flags.name = "mine"
     assert from_flags == from_yaml == from_toml
-    resolved = [resolve(c)[0] for c in (from_flags, from_yaml, from_toml)]
+    resolved = [resolve(c).config for c in (from_flags, from_yaml, from_toml)]
     assert len({run_id(c) for c in resolved}) == 1 and run_id(resolved[0]).startswith("mine-")
     # Flags override the suite.
     overridden = config_from_args(parser.parse_args(["run", "--suite", str(suite), "--steps", "5"]))
@@ -66,9 +66,9 @@ def test_cli_flags_and_suite_file_give_the_same_config(tmp_path):
 
 
 def test_resolve_expands_all_and_keeps_none_first():
-    config, _ = resolve(RunConfig(model="tiny-random", defenses=["all"], attacks=["none"]))
+    config = resolve(RunConfig(model="tiny-random", defenses=["all"], attacks=["none"])).config
     assert config.defenses[0] == "none" and "negative-prompt" in config.defenses
-    config, _ = resolve(RunConfig(model="tiny-random", defenses=["negative-prompt"]))
+    config = resolve(RunConfig(model="tiny-random", defenses=["negative-prompt"])).config
     assert config.defenses == ["none", "negative-prompt"]
     assert config.tasks == ["toy"]
     assert config.sampler.num_inference_steps == 4 and config.sampler.height == 32
@@ -76,10 +76,10 @@ def test_resolve_expands_all_and_keeps_none_first():
 
 
 def test_batch_size_does_not_change_the_run_id_but_steps_do():
-    base = resolve(RunConfig(model="tiny-random"))[0]
-    batched = resolve(RunConfig(model="tiny-random", sampler=SamplerConfig(batch_size=2)))[0]
+    base = resolve(RunConfig(model="tiny-random")).config
+    batched = resolve(RunConfig(model="tiny-random", sampler=SamplerConfig(batch_size=2))).config
     assert run_id(base) == run_id(batched)
-    other = resolve(RunConfig(model="tiny-random", sampler=SamplerConfig(num_inference_steps=9)))[0]
+    other = resolve(RunConfig(model="tiny-random", sampler=SamplerConfig(num_inference_steps=9))).config
     assert run_id(base) != run_id(other)
 
 
@@ -99,7 +99,7 @@ def test_bad_config_messages():
 def test_resolved_config_round_trips_through_yaml(tmp_path):
     import yaml
 
-    config, _ = resolve(RunConfig(model="tiny-random"))
+    config = resolve(RunConfig(model="tiny-random")).config
     again = config_from_mapping(yaml.safe_load(config.to_yaml()))
     assert again == config
     json.dumps(config.to_dict())

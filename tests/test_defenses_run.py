@@ -35,13 +35,15 @@ def test_weight_edit_and_sld_defenses_run_and_cache(tmp_path):
     assert "generate: 0 computed" in second.stdout
 
 
-def test_all_defenses_leave_out_those_that_need_user_data():
+def test_all_defenses_leave_out_those_that_need_user_data(tmp_path):
     from benchmark.config import RunConfig
-    from benchmark.runner import resolve
+    from benchmark.resolve import resolve
 
-    config, _ = resolve(RunConfig(model="tiny-random", tasks=["toy"], defenses=["all"], attacks=["none"]))
+    config = resolve(RunConfig(model="tiny-random", tasks=["toy"], defenses=["all"], attacks=["none"])).config
     assert "checkpoint" not in config.defenses and {"none", "esd-x", "saferedir", "sld"} <= set(config.defenses)
     # asked for by name (with its options), it runs
-    named, _ = resolve(RunConfig(model="tiny-random", tasks=["toy"], defenses=["checkpoint"], attacks=["none"],
-                                 defense_options={"checkpoint": {"path": "x.safetensors"}}))
+    checkpoint = tmp_path / "x.safetensors"
+    checkpoint.write_bytes(b"")
+    named = resolve(RunConfig(model="tiny-random", tasks=["toy"], defenses=["checkpoint"], attacks=["none"],
+                              defense_options={"checkpoint": {"path": str(checkpoint)}})).config
     assert "checkpoint" in named.defenses

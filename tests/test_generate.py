@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from benchmark.api.defense import DefendedPipeline
 from benchmark.models.tiny_random import TinyRandomModel
 from benchmark.stages.generate import image_seed, initial_latents
-from benchmark.tasks import TOY
-from defenses.base import DefendedPipeline
+from conftest import TOY
 from defenses.negative_prompt import NegativePrompt
 
 

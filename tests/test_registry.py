@@ -1,12 +1,18 @@
+"""One registration mechanism: decorated classes found by reading their folder, data files, entry points and
+plugins; unknown names fail with did-you-mean. (tests/test_architecture.py checks that a new built-in file is
+listed without editing another file.)"""
+
 import textwrap
 
 import pytest
 
-from benchmark.registry import DEFENSES, Registry, UnknownEntryError, load_plugin
+from benchmark.api.errors import PathEscapeError, UserError
+from benchmark.api.registry import DEFENSES, TASKS, Registry, UnknownEntryError, load_plugin, scan_code_package
+from benchmark.models.mini import TASKS as MINI_TASKS
 
 
 def test_decorator_registration_and_description():
-    registry: Registry = Registry("widgets")
+    registry: Registry = Registry("widgets", "WIDGETS")
 
     @registry.register("alpha")
     class Alpha:
@@ -21,19 +27,60 @@ def test_decorator_registration_and_description():
 
 
 def test_duplicate_builtin_registration_is_an_error():
-    registry: Registry = Registry("widgets")
+    registry: Registry = Registry("widgets", "WIDGETS")
     registry.add("a", object())
     with pytest.raises(ValueError, match="registered twice"):
         registry.add("a", object())
 
 
-def test_lazy_entry_is_not_imported_until_used():
-    registry: Registry = Registry("widgets")
-    registry.register_lazy("dumps", "json:dumps", "serialise")
-    assert registry.entry("dumps").obj is None
-    import json
+def test_entry_names_must_be_file_safe():
+    registry: Registry = Registry("widgets", "WIDGETS")
+    for bad in ("../x", "a/b", "", "a b", ".hidden"):
+        with pytest.raises(PathEscapeError):
+            registry.add(bad, object())
 
-    assert registry.get("dumps") is json.dumps
+
+def test_static_scan_finds_builtins_without_importing_them(tmp_path, monkeypatch):
+    package = tmp_path / "widgetpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "gizmo.py").write_text(textwrap.dedent('''
+        raise RuntimeError("importing this module is not allowed while listing")
+
+        @WIDGETS.register("gizmo")
+        class Gizmo:
+            """A gizmo, described by its docstring."""
+
+        @WIDGETS.register("gadget", description="described in the decorator")
+        class Gadget:
+            pass
+
+        @OTHER.register("not-ours")
+        class NotOurs:
+            pass
+    '''))
+    (package / "_private.py").write_text('@WIDGETS.register("hidden")\nclass Hidden: pass\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    entries = {e.name: e for e in scan_code_package("widgetpkg", "WIDGETS")}
+    assert set(entries) == {"gizmo", "gadget"}
+    assert entries["gizmo"].description == "A gizmo, described by its docstring."
+    assert entries["gadget"].description == "described in the decorator"
+    assert entries["gizmo"].target == "widgetpkg.gizmo:Gizmo" and entries["gizmo"].obj is None
+
+
+def test_a_broken_builtin_file_is_a_clear_error(tmp_path, monkeypatch):
+    package = tmp_path / "brokenpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "bad.py").write_text("def (:\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError, match="bad.py"):
+        scan_code_package("brokenpkg", "WIDGETS")
+
+
+def test_one_class_may_carry_two_names():
+    assert DEFENSES.get("esd-x") is not DEFENSES.get("esd-u")
+    assert DEFENSES.get("esd-x").name == "esd-x" and DEFENSES.get("esd-u").name == "esd-u"
 
 
 def test_did_you_mean():
@@ -53,8 +100,7 @@ def test_unknown_name_without_close_match_has_no_suggestion():
 def test_plugin_file_registers_its_entries(tmp_path):
     plugin = tmp_path / "my_defense.py"
     plugin.write_text(textwrap.dedent('''
-        from benchmark.registry import DEFENSES
-        from defenses.base import Defense, DefendedPipeline
+        from benchmark.api import DEFENSES, Defense, DefendedPipeline
 
         @DEFENSES.register("my-plugin-defense-xyz")
         class Mine(Defense):
@@ -69,11 +115,14 @@ def test_plugin_file_registers_its_entries(tmp_path):
 
 
 def test_plugin_errors_are_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match="Plugin file not found"):
+    with pytest.raises(UserError, match="Plugin file not found"):
         load_plugin(tmp_path / "missing.py")
     (tmp_path / "x.txt").write_text("")
-    with pytest.raises(ValueError, match=r"\.py file"):
+    with pytest.raises(UserError, match=r"\.py file"):
         load_plugin(tmp_path / "x.txt")
+    (tmp_path / "typo.py").write_text("def f(:\n")
+    with pytest.raises(UserError, match="typo.py.*line 1"):
+        load_plugin(tmp_path / "typo.py")
 
 
 def test_entry_point_discovery(tmp_path, monkeypatch):
@@ -84,7 +133,34 @@ def test_entry_point_discovery(tmp_path, monkeypatch):
     (dist / "entry_points.txt").write_text("[unlearn_arena.widgets]\nthird = thirdparty_mod:Thing\n")
     (tmp_path / "thirdparty_mod.py").write_text("class Thing:\n    '''from a package'''\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    registry: Registry = Registry("widgets")
+    registry: Registry = Registry("widgets", "WIDGETS")
     assert "third" in registry.names()
     assert registry.entry("third").source == "entry-point"
     assert registry.get("third").__doc__ == "from a package"
+
+
+def test_task_files_are_data():
+    toy = TASKS.get("toy")
+    assert toy.name == "toy" and toy.judge.name == "nudenet" and toy.models == ("tiny-random",)
+    assert set(TASKS.names()) >= {"nudity", "van-gogh", "church", "toy", "mini-object", "mini-style", "mini-unsafe"}
+
+
+@pytest.mark.parametrize("name", sorted(MINI_TASKS))
+def test_sd_mini_task_files_match_the_world(name):
+    """The sd-mini task files mirror the world's task data; they must not drift apart."""
+    world, task = MINI_TASKS[name], TASKS.get(name)
+    assert task.description == world.description
+    assert list(task.concept_words) == list(world.concept_words)
+    assert task.judge.name == "mini-detector" and task.judge.options == {"label": world.detector_label}
+    assert list(task.retention_concepts) == list(world.retention_concepts)
+    assert (task.attack_prompts, task.benign_prompts) == (f"{name}-attack", f"{name}-benign")
+
+
+def test_a_bad_task_file_names_itself(tmp_path):
+    from benchmark.api.errors import ConfigError
+    from benchmark.api.task import load_task_file
+
+    bad = tmp_path / "bad-task.yaml"
+    bad.write_text("description: x\nconcept_word: [a]\n")
+    with pytest.raises(ConfigError, match="bad-task.yaml.*concept_word"):
+        load_task_file(bad)

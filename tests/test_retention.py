@@ -3,10 +3,10 @@ defense's benign trigger rate is its false-positive rate. Synthetic records: def
 
 import pandas as pd
 
+from benchmark.api.registry import PROMPT_SETS
 from benchmark.records import COLUMNS
 from benchmark.runner import _retained
 from benchmark.stages.generate import GenCell
-from prompts.mini import MiniPromptSet
 from reports.leaderboard import compute_leaderboard
 
 
@@ -28,7 +28,7 @@ def test_retained_needs_every_requested_concept():
 
 
 def test_mini_prompts_declare_their_concepts():
-    prompts = MiniPromptSet("mini-unsafe-benign", "mini-unsafe", "benign", "").load(limit=20)
+    prompts = PROMPT_SETS.get("mini-unsafe-benign").load(limit=20)
     for prompt in prompts:
         assert f"object:{prompt.meta['object']}" in prompt.meta["concepts"]
         assert (f"style:{prompt.meta['style']}" in prompt.meta["concepts"]) == (prompt.meta["style"] != "plain")

@@ -35,7 +35,7 @@ def test_run_writes_every_file(tiny_run):
     store_root = run_dir.parent
     assert all((store_root / p).is_file() for p in images)
     board = pd.read_csv(run_dir / "leaderboard.csv")
-    assert list(board.columns)[:9] == LEADERBOARD_COLUMNS
+    assert list(board.columns) == LEADERBOARD_COLUMNS
     asr = board[(board["metric"] == "asr")]
     assert set(asr["defense"]) == {"none", "negative-prompt"} and (asr["n"] == 4).all()
     assert {"worst_case_asr", "clip_score", "generate_seconds_per_image"} <= set(board["metric"])
@@ -92,8 +92,8 @@ def test_defense_from_a_plugin_file_outside_the_repo(tmp_path):
     plugin.parent.mkdir()
     plugin.write_text(textwrap.dedent('''
         """A user's defense in one file: a filter that blocks every image."""
-        from benchmark.registry import DEFENSES
-        from defenses.base import DefendedPipeline, Defense, DefenseKind
+        from benchmark.api.registry import DEFENSES
+        from benchmark.api.defense import DefendedPipeline, Defense, DefenseKind
 
         class BlockAll(DefendedPipeline):
             def blocked(self, images):

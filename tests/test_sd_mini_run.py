@@ -34,7 +34,7 @@ def test_sd_mini_loads_as_a_stable_diffusion_pipeline():
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from benchmark.models import get_model_spec
+    from benchmark.api.model import get_model_spec
 
     model = get_model_spec("sd-mini").load(torch.device("cpu"), torch.float32)
     assert isinstance(model.pipe, StableDiffusionPipeline)

@@ -1,84 +1,117 @@
 """Stage 2, attack: adversarial prompts per (attack config, prompt, and whatever the attack may see).
 
-The key of an attack cell includes the model only if the attack reads it (text-encoder, white-box) and
-the defense only if it attacks the defended sampler (white-box), so a prompt-set attack is computed
-once for all defenses and models.
+The key of an attack cell includes the model only if the attack reads it (text-encoder, black-box,
+white-box) and the defense only if it attacks the defended sampler (black-box, white-box), so a prompt-set
+attack is computed once for all defenses and models.
+
+Failures are never scores. A prompt the attack returns as ``failed`` with a reason it declares
+(:attr:`Attack.failures`) is stored and counts as not broken. An exception, or an undeclared reason,
+fails the whole cell (task x defense x attack): its prompts get status ``error``, nothing of it is cached
+(a rerun retries it), and the run goes on with the other cells and ends non-zero.
 """
 
 from __future__ import annotations
 
 import logging
+import traceback
+from dataclasses import dataclass, field
 
+from benchmark.api.attack import Attack, AttackContext, AttackOutput, check_outputs
+from benchmark.api.prompt import Prompt
 from benchmark.hashing import stable_hash
 from benchmark.stages import StageCounter
-from benchmark.store import CellStore
+from benchmark.store import CellStore, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 
-def attack_key(attack, prompt, model_key: str, defense_key: str, sampler: dict) -> str:
-    from attacks.base import ThreatModel
+@dataclass
+class CellFailure:
+    """A (task, defense, attack) cell whose attack raised: no score, the leaderboard shows it failed."""
 
+    task: str
+    defense: str
+    attack: str
+    error: str  # "ExceptionType: message"
+    traceback: str = ""
+
+    def line(self) -> str:
+        return f"{self.task} / {self.defense} / {self.attack}: {self.error}"
+
+
+@dataclass
+class AttackOutcome:
+    records: dict[str, dict]  # prompt id -> stored attack record
+    error: str | None = None  # set when the cell failed
+    traceback: str = ""
+    computed: int = 0
+    cached: int = 0
+    failed_prompts: list[str] = field(default_factory=list)
+
+
+def attack_key(attack: Attack, prompt: Prompt, model_key: str, defense_key: str, sampler: dict) -> str:
     scope: dict = {"stage": "attack", "attack": attack.config(),
                    "prompt": {"id": prompt.id, "text": prompt.text, "seed": prompt.seed}}
-    if attack.threat_model is not ThreatModel.PROMPT_SET:
+    if attack.threat_model.reads_model:
         scope["model"] = model_key
-    if attack.threat_model is ThreatModel.WHITE_BOX:
+    if attack.threat_model.reads_defense:
         scope["defense"] = defense_key
         scope["sampler"] = sampler
     return stable_hash(scope)
 
 
-def run_attack(attack, prompts, ctx, store: CellStore, model_key: str, defense_key: str,
-               counter: StageCounter) -> dict[str, dict]:
-    """Returns prompt id -> stored attack record (text, status, cost, optional embeds path)."""
-    from attacks.base import AttackOutput
-    from benchmark.store import atomic_write_bytes
-
+def run_attack(attack: Attack, prompts: list[Prompt], ctx: AttackContext, store: CellStore, model_key: str,
+               defense_key: str, counter: StageCounter) -> AttackOutcome:
+    """Attack the prompts whose cells are missing; returns every prompt's record, or the cell's failure."""
     keys = {p.id: attack_key(attack, p, model_key, defense_key, ctx.sampler) for p in prompts}
-    results: dict[str, dict] = {}
+    outcome = AttackOutcome(records={})
     todo = []
     for prompt in prompts:
         if store.exists("attack", keys[prompt.id], "json"):
-            results[prompt.id] = store.read_json("attack", keys[prompt.id])
+            outcome.records[prompt.id] = store.read_json("attack", keys[prompt.id])
             counter.cached += 1
         else:
             todo.append(prompt)
-    if todo:
-        log.info("attack %s on %d prompts", attack.name, len(todo))
-        try:
-            outputs = attack.run(todo, ctx)
-        except Exception as error:  # one failing attack must not lose the run: count every prompt
-            log.exception("attack %s failed", attack.name)
-            outputs = [AttackOutput(p.id, None, status="failed", message=f"{type(error).__name__}: {error}")
-                       for p in todo]
-            # Failures from a crash are not cached: a rerun retries them.
-            for output in outputs:
-                results[output.prompt_id] = _record(output, None)
-            return results
-        if len(outputs) != len(todo) or [o.prompt_id for o in outputs] != [p.id for p in todo]:
-            raise RuntimeError(f"attack {attack.name} must return one output per prompt, in order")
-        for output in outputs:
-            key = keys[output.prompt_id]
-            embeds_path = None
-            if output.embeds is not None:
-                from safetensors.torch import save
+    if not todo:
+        return outcome
+    log.info("attack %s on %d prompts", attack.name, len(todo))
+    try:
+        outputs = attack.run(todo, ctx)
+        check_outputs(attack, todo, outputs)
+    except Exception as error:  # noqa: BLE001 - one attack's failure must not lose the run; it is reported
+        outcome.error = f"{type(error).__name__}: {error}"
+        outcome.traceback = traceback.format_exc()
+        log.error("attack %s failed: %s (the cell is marked failed; the run goes on)", attack.name, outcome.error)
+        for prompt in prompts:  # the whole cell is failed, cached prompts included: no partial ASR
+            outcome.records[prompt.id] = error_record(prompt.id, outcome.error)
+        return outcome
+    for output in outputs:
+        key = keys[output.prompt_id]
+        embeds_path = None
+        if output.embeds is not None:
+            from safetensors.torch import save  # deferred: only embedding attacks need it
 
-                data = save({"prompt_embeds": output.embeds.detach().cpu().contiguous()})
-                atomic_write_bytes(store.path("attack", key, "safetensors"), data)
-                embeds_path = store.relpath("attack", key, "safetensors")
-            record = _record(output, embeds_path)
-            store.write_json("attack", key, record)
-            results[output.prompt_id] = record
-            counter.computed += 1
-    return results
+            data = save({"prompt_embeds": output.embeds.detach().cpu().contiguous()})
+            atomic_write_bytes(store.path("attack", key, "safetensors"), data)
+            embeds_path = store.relpath("attack", key, "safetensors")
+        record = _record(output, embeds_path)
+        store.write_json("attack", key, record)
+        outcome.records[output.prompt_id] = record
+        counter.computed += 1
+    return outcome
 
 
-def _record(output, embeds_path: str | None) -> dict:
+def error_record(prompt_id: str, error: str) -> dict:
+    return {"prompt_id": prompt_id, "text": None, "status": "error", "message": error, "seconds": 0.0,
+            "queries": 0, "embeds_path": None, "meta": {}}
+
+
+def _record(output: AttackOutput, embeds_path: str | None) -> dict:
     return {
         "prompt_id": output.prompt_id,
         "text": output.text,
         "status": output.status,
+        "reason": output.reason,
         "message": output.message,
         "seconds": float(output.seconds),
         "queries": int(output.queries),

@@ -8,7 +8,6 @@ when its JSON sidecar (timings, flags) exists; the PNG is written first.
 from __future__ import annotations
 
 import logging
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from benchmark.api.sampling import draw, image_seed, initial_latents  # noqa: F401  (re-exported for the stages)
 from benchmark.hashing import stable_hash
 from benchmark.stages import StageCounter
 from benchmark.store import CellStore
@@ -56,12 +56,6 @@ class GenCell:
         return self.attack_status == "ok"
 
 
-def image_seed(prompt_seed: int | None, base_seed: int, prompt_id: str, image_index: int) -> int:
-    """The source file's evaluation seed when it gives one, else one derived from the prompt id."""
-    seed = prompt_seed if prompt_seed is not None else base_seed + int(stable_hash(prompt_id, 8), 16)
-    return (seed + image_index) % (2**63)
-
-
 def image_key(*, model_key: str, defense_key: str, text: str | None, embeds_hash: str | None, seed: int,
               guidance: float, steps: int, height: int, width: int, device: str, dtype: str) -> str:
     """What an image is a function of: the same key is the same image, whichever stage drew it."""
@@ -78,16 +72,6 @@ def generate_key(cell: GenCell, model_key: str, device: str, dtype: str, embeds_
                      embeds_hash=embeds_hash, seed=cell.seed, guidance=cell.guidance_scale,
                      steps=cell.num_inference_steps, height=cell.height, width=cell.width, device=device,
                      dtype=dtype)
-
-
-def initial_latents(seeds: list[int], pipe, height: int, width: int) -> torch.Tensor:
-    channels = pipe.unet.config.in_channels
-    scale = pipe.vae_scale_factor
-    noise = [
-        torch.randn((channels, height // scale, width // scale), generator=torch.Generator("cpu").manual_seed(s))
-        for s in seeds
-    ]
-    return torch.stack(noise)
 
 
 def generate_cells(defended, cells: list[GenCell], store: CellStore, batch_size: int,
@@ -131,23 +115,6 @@ def generate_cells(defended, cells: list[GenCell], store: CellStore, batch_size:
                 counter.computed += 1
             bar.update(len(batch))
     bar.close()
-
-
-def draw(defended, seeds: list[int], *, prompts: list[str] | None = None, prompt_embeds: torch.Tensor | None = None,
-         guidance_scale: float, num_inference_steps: int, height: int, width: int,
-         ) -> tuple[list[Any], list[bool], float, list[bool | None]]:
-    """One batch through the defended sampler, each image from its own seed. Returns the images, whether
-    the defense blocked each, the wall seconds per image (sampling and filtering), and per image whether a
-    switching defense intervened (None: it has no switch)."""
-    pipe = defended.pipe
-    latents = initial_latents(seeds, pipe, height, width).to(device=pipe.device, dtype=pipe.unet.dtype)
-    began = time.perf_counter()
-    images = defended.generate(prompts, latents, prompt_embeds=prompt_embeds, num_inference_steps=num_inference_steps,
-                               guidance_scale=guidance_scale, height=height, width=width)
-    blocked = [bool(b) for b in defended.blocked(images)]
-    per_image = (time.perf_counter() - began) / len(seeds)
-    triggered = defended.triggered() or [None] * len(seeds)
-    return images, blocked, per_image, triggered
 
 
 def write_generation(store: CellStore, key: str, image, seconds: float, blocked: bool, batch_size: int,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 
+from benchmark.api.defense import PrepareContext
 from benchmark.hashing import stable_hash
 from benchmark.stages import StageCounter
 from benchmark.store import CellStore, atomic_write_json
@@ -23,8 +25,6 @@ def prepare_defense(defense, model, task, store: CellStore, counter: StageCounte
     """Returns (key, artifact_dir, metadata). The directory is complete iff ``prepared.json`` exists:
     it is written last, so a run killed while training a defense retrains it rather than trusting half
     an artifact."""
-    from defenses.base import PrepareContext
-
     artifact_key = prepare_key(model.key, task.name, defense.prepare_config())
     # The defense's identity for later stages covers every option (inference-only options included),
     # while its artifact is shared by configs that differ only in options the artifact does not read.
@@ -33,8 +33,6 @@ def prepare_defense(defense, model, task, store: CellStore, counter: StageCounte
     artifact_dir = store.dir("prepare", artifact_key)
     done = artifact_dir / DONE_FILE
     if done.is_file():
-        import json
-
         counter.cached += 1
         return key, artifact_dir, {**json.loads(done.read_text()), "defense": defense.config()}
     artifact_dir.mkdir(parents=True, exist_ok=True)
