@@ -153,6 +153,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for note in plan.notes:
             log.warning("%s", note)
         return 0
+    if not args.verbose:
+        quiet_library_progress()
     try:
         summary = execute(config)
     except RunFailedError as failed:
@@ -292,6 +294,16 @@ def quiet_libraries(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     for module in ("transformers", "diffusers", "torchvision", "huggingface_hub", "torch"):
         warnings.filterwarnings("ignore", module=module)
+
+
+def quiet_library_progress() -> None:
+    """diffusers' and transformers' own loading bars ("Loading pipeline components", "Loading weights"): the
+    run shows one bar per stage instead. Imports both, so only commands that load models call it."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from benchmark.api.defense import DefendedPipeline
 from benchmark.api.errors import RunFailedError, UserError
 from benchmark.api.model import get_model_spec
 from benchmark.api.registry import ATTACKS, DEFENSES, JUDGES, SUITES, TASKS, load_plugin
-from benchmark.cli import build_parser, config_from_args, quiet_libraries
+from benchmark.cli import build_parser, config_from_args, quiet_libraries, quiet_library_progress
 from benchmark.config import load_suite_file
 from benchmark.contracts import ContractViolation, check_attack, check_defense, check_judge
 from benchmark.runner import execute
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse(argv)
     quiet_libraries(verbose=False)
+    quiet_library_progress()
     if args.plugin and not args.skip_contracts:
         try:
             for line in check_plugin_contracts(args.plugin, args.suite):
