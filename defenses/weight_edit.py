@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from benchmark.api.defense import DefendedPipeline
+from benchmark.api.model import get_model_spec
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +161,6 @@ def export_unet(pipe, delta_file: Path, out: Path) -> int:
 def main(argv: list[str] | None = None) -> None:
     """``python -m defenses.weight_edit export --model sd-mini --delta <artifact>/esd_delta.safetensors --out f``"""
     import argparse
-
-    from benchmark.api.model import get_model_spec
 
     parser = argparse.ArgumentParser(prog="python -m defenses.weight_edit", description=main.__doc__)
     parser.add_argument("command", choices=["export"])

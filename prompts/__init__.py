@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmark.api.prompt import Prompt, PromptFileError
+from benchmark.api.registry import PROMPT_SETS
 from prompts.formats._hub import datasets_available, network_allowed
 from prompts.formats._read import PromptFileNotFoundError
 from prompts.formats.coco import load_coco_captions
@@ -28,8 +29,6 @@ from prompts.spec import DATA_ENV, FileCheck, PromptSetSpec, load_prompt_set_fil
 
 def load_prompt_set(name: str, data_dir: str | Path | None = None, limit: int | None = None) -> list[Prompt]:
     """Load a registered prompt set by name (unknown names fail with a 'did you mean' hint)."""
-    from benchmark.api.registry import PROMPT_SETS
-
     return PROMPT_SETS.get(name).load(data_dir=data_dir, limit=limit)
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 from benchmark.api.errors import ConfigError
 from benchmark.api.prompt import Prompt
+from benchmark.api.registry import read_data_file
 from prompts.formats import FORMATS, GENERATED_FORMATS, format_loader
 from prompts.formats._hub import datasets_available, network_allowed
 from prompts.formats._read import PromptFileNotFoundError
@@ -201,8 +202,6 @@ class PromptSetSpec:
 def load_prompt_set_file(path: str | Path) -> PromptSetSpec:
     """The :class:`PromptSetSpec` a prompt-set file describes (its name is the file's stem); a
     :class:`ConfigError` naming the file and what is allowed for a bad key or value."""
-    from benchmark.api.registry import read_data_file
-
     path = Path(path)
     data = read_data_file(path)
     unknown = sorted(set(data) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))

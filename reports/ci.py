@@ -24,7 +24,7 @@ from benchmark.api.attack import AttackContext
 from benchmark.api.defense import DefendedPipeline
 from benchmark.api.errors import RunFailedError, UserError
 from benchmark.api.model import get_model_spec
-from benchmark.api.registry import ATTACKS, DEFENSES, JUDGES, SUITES, TASKS, load_plugin
+from benchmark.api.registry import ATTACKS, DEFENSES, JUDGES, PROMPT_SETS, SUITES, TASKS, load_plugin
 from benchmark.cli import build_parser, config_from_args, quiet_libraries, quiet_library_progress
 from benchmark.config import load_suite_file
 from benchmark.contracts import ContractViolation, check_attack, check_defense, check_judge
@@ -129,8 +129,6 @@ def check_plugin_contracts(plugins: list[str], suite: str) -> list[str]:
     model = spec.load(torch.device("cpu"), torch.float32)
     kept = [str(check_defense(name, model, task)) for name in mine["defense"]]
     if mine["attack"]:
-        from benchmark.api.registry import PROMPT_SETS
-
         judge = JUDGES.get(task.judge.name)(device="cpu", **task.judge.options)
         defaults = model.defaults
         ctx = AttackContext(model=model, defended=DefendedPipeline(model, None, task), task=task, judge=judge,

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from benchmark.api.errors import ConfigError, UnknownEntryError, UserError
+from benchmark.api.paths import check_name
 
 log = logging.getLogger(__name__)
 
@@ -286,8 +287,6 @@ def data_description(path: Path) -> str:
 # ----------------------------------------------------------------------------------------- names and plugins
 def check_entry_name(name: str, kind: str) -> None:
     """Entry names become parts of file names (entries, run folders): letters, digits, '.', '_', '-'."""
-    from benchmark.api.paths import check_name
-
     check_name(name, f"{kind} name")
 
 

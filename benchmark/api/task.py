@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.api.errors import ConfigError
+from benchmark.api.registry import read_data_file
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,6 @@ def _judge_spec(value: Any, key: str, path: Path) -> JudgeSpec:
 
 def load_task_file(path: Path) -> Task:
     """The :class:`Task` a data file describes; its name is the file's stem."""
-    from benchmark.api.registry import read_data_file
-
     data = read_data_file(path)
     known = {f.name for f in dataclasses.fields(Task)} - {"name"}
     unknown = sorted(set(data) - known)

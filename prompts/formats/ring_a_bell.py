@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from benchmark.api.prompt import Prompt, PromptFileError
 from prompts.formats._build import ID_COLUMNS, SEED_COLUMNS, build, check_limit, find_column, is_empty, require_column
 from prompts.formats._read import PromptFileNotFoundError, Record, Table, check_file, read_table
+from prompts.formats.generic import load_prompt_file
 
 if TYPE_CHECKING:  # numpy is imported lazily by load_concept_vector
     import numpy as np
@@ -134,8 +135,6 @@ def load_concept_prompt_pairs(
         raise PromptFileNotFoundError(
             f"Concept-free prompts for {path.name} not found at {negative_path}; pass negative_path="
         )
-    from prompts.formats.generic import load_prompt_file
-
     negatives = {p.id: p for p in load_prompt_file(negative_path)}
     missing = [p.id for p in positives if p.id not in negatives]
     extra = sorted(set(negatives) - {p.id for p in positives})
