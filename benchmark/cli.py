@@ -158,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         summary = execute(config)
     except RunFailedError as failed:
-        summary = failed.run_dir
+        summary = failed.summary
         print(summary.markdown)
         for counter in summary.counters:
             print(counter)

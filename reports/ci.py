@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except RunFailedError as failed:  # the leaderboard marks the failed cells; compare below fails on them
-        summary = failed.run_dir
+        summary = failed.summary
         for line in failed.failures:
             print(f"failed cell: {line}", file=sys.stderr)
     results = load_run(summary.run_dir)

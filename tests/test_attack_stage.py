@@ -87,7 +87,7 @@ def test_embedding_output_gives_the_same_images_as_its_text(tmp_path):
 def test_crashing_attack_fails_its_cell_and_is_retried(tmp_path):
     with pytest.raises(RunFailedError) as info:
         execute(_config(tmp_path, ["none", "test-crash"]))
-    summary = info.value.run_dir
+    summary = info.value.summary
     assert [f.attack for f in summary.failures] == ["test-crash", "test-crash"]
     board = summary.leaderboard
     asr = board[(board["attack"] == "test-crash") & (board["metric"] == "asr")]

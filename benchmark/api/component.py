@@ -219,7 +219,6 @@ def _own_field_comments(options_cls: type) -> dict[str, str]:
         return {}
     names = {f.name for f in dataclasses.fields(options_cls)}
     helps: dict[str, str] = {}
-    pending: str | None = None
     line_of_name: dict[int, str] = {}
     for line_no, line in enumerate(source.splitlines(), start=1):
         head = line.strip().split(":", 1)[0].strip()
@@ -228,8 +227,7 @@ def _own_field_comments(options_cls: type) -> dict[str, str]:
     try:
         for token in tokenize.generate_tokens(io.StringIO(source).readline):
             if token.type == tokenize.COMMENT and token.start[0] in line_of_name:
-                pending = line_of_name[token.start[0]]
-                helps[pending] = token.string.lstrip("#").strip()
+                helps[line_of_name[token.start[0]]] = token.string.lstrip("#").strip()
     except (tokenize.TokenError, IndentationError):
         return helps
     return helps

@@ -47,7 +47,7 @@ class RunFailedError(Exception):
     """Some cells of a run failed (an attack raised). Everything else was computed and kept; the records
     and leaderboards mark the failed cells. Not a :class:`UserError`: the CLI prints the failures and exits 3."""
 
-    def __init__(self, failures: list[str], run_dir: object = None):
+    def __init__(self, failures: list[str], summary: object = None):
         self.failures = failures
-        self.run_dir = run_dir
+        self.summary = summary  # the run's summary (run directory, leaderboard, counters), all written
         super().__init__(f"{len(failures)} cell(s) failed: " + "; ".join(failures))
