@@ -42,8 +42,9 @@ ATTACK_METRICS = ("asr", "attack_failures", "truncated_prompts", "attack_seconds
 
 
 def _safe(name: str) -> str:
-    """A path component from a registry name (model paths and odd characters become '_')."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("_") or "_"
+    """A path component from a registry name (model paths and odd characters become '_'; no leading dot, so
+    never '.' or '..')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("_").lstrip(".") or "_"
 
 
 def entry_path(root: Path, model: str, task: str, defense: str, attack: str) -> Path:

@@ -467,3 +467,11 @@ def test_reports_import_one_way_and_only_the_public_benchmark_modules():
 
     for module in graph:
         visit(module, ())
+
+
+def test_entry_paths_stay_inside_their_root(tmp_path):
+    from reports.entries import entry_path
+
+    for name in ("..", ".", "../../etc", "/abs/model", "a/../../b", ".hidden"):
+        path = entry_path(tmp_path, name, name, name, name).resolve()
+        assert tmp_path.resolve() in path.parents, (name, path)
