@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import warnings
 from pathlib import Path
 
 from benchmark.api.errors import RunFailedError, UserError
@@ -282,9 +284,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def quiet_libraries(verbose: bool) -> None:
     """The run prints its own progress and warnings: libraries' advice (transformers' torchvision notices,
     diffusers' accelerate hint) is turned down unless ``-v``."""
-    import os
-    import warnings
-
     if verbose:
         return
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

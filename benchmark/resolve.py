@@ -130,9 +130,7 @@ def resolve(config: RunConfig) -> Plan:
     for task in tasks:
         judge_options[task.name] = {}
         for role, judge_spec in (("concept", task.judge), ("utility", task.utility_judge)):
-            options = judge_options_for(judge_spec, config.judge_options)
-            JUDGES.get(judge_spec.name).validate_options(options)
-            judge_options[task.name][role] = options
+            judge_options[task.name][role] = judge_options_for(judge_spec, config.judge_options)
             used_judges.append(judge_spec.name)
     _check_option_targets("judge", config.judge_options, JUDGES, used_judges, notes)
     # A component that ``all`` brought in but that cannot run here (Ring-A-Bell without concept material
@@ -144,7 +142,7 @@ def resolve(config: RunConfig) -> Plan:
     for task in tasks:
         ctx = CheckContext(model=spec.name, task=task, data_dir=config.data_dir)
         check_prompt_sources(config, task)
-        for role, judge_spec in (("concept", task.judge), ("utility", task.utility_judge)):
+        for role, judge_spec in (("concept", task.judge), ("utility", task.utility_judge)):  # validated here
             JUDGES.get(judge_spec.name).check_options(judge_options[task.name][role], ctx)
 
     sampler, defaults = config.sampler, spec.defaults

@@ -81,7 +81,8 @@ def execute(config: RunConfig) -> RunSummary:
 
     model = plan.spec.load(torch.device(config.device), DTYPES[config.dtype], config.model_revision)
     check_image_size(model, config)
-    atomic_write_json(run_dir / "provenance.json", provenance.collect(model.device, model.provenance))
+    run_provenance = provenance.collect(model.device, model.provenance)
+    atomic_write_json(run_dir / "provenance.json", run_provenance)  # written now: a killed run still has it
     counters = {s: StageCounter(s) for s in ("prepare", "attack", "generate", "judge")}
     sampler = config.sampler
     sampler_dict = {"num_inference_steps": sampler.num_inference_steps, "guidance_scale": sampler.guidance_scale,
@@ -153,8 +154,7 @@ def execute(config: RunConfig) -> RunSummary:
                 rows.append(_record(config, run_dir.name, model, cell, attack_record, gen, score, identity,
                                     judge.role, prepare_seconds.get(cell.defense_key)))
 
-    atomic_write_json(run_dir / "provenance.json",
-                      {**provenance.collect(model.device, model.provenance), "prompt_files": prompt_checks})
+    atomic_write_json(run_dir / "provenance.json", {**run_provenance, "prompt_files": prompt_checks})
     records = records_frame(rows)
     atomic_write_bytes(run_dir / "records.parquet", parquet_bytes(records))
     board = compute_leaderboard(records)

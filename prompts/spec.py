@@ -26,7 +26,6 @@ the comparison for a run's provenance: results on a different file are not compa
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import logging
 import os
@@ -38,6 +37,7 @@ from typing import Any
 from benchmark.api.errors import ConfigError
 from benchmark.api.prompt import Prompt
 from benchmark.api.registry import read_data_file
+from benchmark.hashing import file_hash
 from prompts.formats import FORMATS, GENERATED_FORMATS, format_loader
 from prompts.formats._hub import datasets_available, network_allowed
 from prompts.formats._read import PromptFileNotFoundError
@@ -84,11 +84,7 @@ class FileCheck:
 
 @functools.lru_cache(maxsize=64)
 def _sha256_of(path: str, size: int, mtime_ns: int) -> str:  # size and mtime key the cache
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_hash(path, length=64)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -94,14 +94,18 @@ class Component:
             return _adapter(cls.Options).validate_python(dict(options))
         except pydantic.ValidationError as error:
             infos = {info.name: info for info in cls.option_infos()}
-            problems = []
+            problems, hints = [], []
             for item in error.errors():
                 key = str(item["loc"][0]) if item["loc"] else "?"
                 info = infos.get(key)
                 allowed = f"{info.type}" + (f", {info.allowed}" if info and info.allowed else "") if info else ""
                 problems.append(f"option {key}={options.get(key)!r}: {item['msg']}"
                                 + (f" (allowed: {allowed})" if allowed else ""))
-            raise OptionError(f"{cls.component_kind} '{cls.name}': " + "; ".join(dict.fromkeys(problems))) from None
+                hints += _value_hint(item, key, cls.Options)
+            message = f"{cls.component_kind} '{cls.name}': " + "; ".join(dict.fromkeys(problems))
+            if hints:  # a misspelt named value (a preset, a label): suggest the close one
+                message += f"; did you mean {' or '.join(dict.fromkeys(hints))}?"
+            raise OptionError(message) from None
 
     @classmethod
     def option_infos(cls) -> list[OptionInfo]:
@@ -127,6 +131,30 @@ class Component:
     def config(self) -> dict[str, Any]:
         """The resolved options and version: what enters this component's cell keys."""
         return {"name": self.name, "version": self.version, "options": dataclasses.asdict(self.options)}
+
+
+def _value_hint(item: dict[str, Any], key: str, options_cls: type) -> list[str]:
+    """``key='close value'`` when pydantic rejected a string as none of a ``Literal``'s values."""
+    if item.get("type") != "literal_error" or not isinstance(item.get("input"), str):
+        return []
+    schema = _adapter(options_cls).json_schema(mode="validation")
+    allowed = _enum_values(schema.get("properties", {}).get(key, {}), schema.get("$defs", {}))
+    close = difflib.get_close_matches(item["input"], [str(v) for v in allowed], n=1)
+    if not close:
+        return []
+    return [f"{key}={close[0]!r}" + (f" (for {item['input']!r})" if len(item["loc"]) > 1 else "")]
+
+
+def _enum_values(prop: dict[str, Any], defs: dict[str, Any]) -> list[Any]:
+    """Every named value a JSON-schema property allows (through unions, aliases and list items)."""
+    if "$ref" in prop:
+        prop = defs.get(prop["$ref"].rsplit("/", 1)[-1], {})
+    values = list(prop.get("enum", [])) + ([prop["const"]] if "const" in prop else [])
+    for variant in prop.get("anyOf", []):
+        values += _enum_values(variant, defs)
+    if isinstance(prop.get("items"), dict):
+        values += _enum_values(prop["items"], defs)
+    return values
 
 
 @functools.cache

@@ -10,16 +10,12 @@ raises :class:`~benchmark.api.errors.JudgeLoadError` (one line: which file, what
 
 from __future__ import annotations
 
-import difflib
-import types
-import typing
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from benchmark.api.component import CheckContext, Component
-from benchmark.api.errors import OptionError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -81,18 +77,6 @@ class Judge(Component, ABC):
         self.device = device
 
     @classmethod
-    def validate_options(cls, options: dict[str, Any]) -> Any:
-        """:meth:`Component.validate_options`, plus a did-you-mean for a misspelt value of an option with
-        named values (a preset, a label): ``preset='churh'`` suggests ``'church'``."""
-        try:
-            return super().validate_options(options)
-        except OptionError as error:
-            hints = _value_hints(cls.Options, options)
-            if not hints:
-                raise
-            raise OptionError(f"{error}; did you mean {' or '.join(hints)}?") from None
-
-    @classmethod
     def check_options(cls, options: dict[str, Any], ctx: CheckContext | None = None) -> Any:
         """Validate ``options`` and run :meth:`check_inputs` (when ``ctx`` is given) without loading the
         judge's model; returns the ``Options`` instance. Raises :class:`~benchmark.api.errors.UserError`."""
@@ -116,39 +100,3 @@ class Judge(Component, ABC):
         options mean, e.g. a preset with its overrides spelled out)."""
         return self.identity().as_dict()
 
-
-def _literal_values(annotation: Any) -> list[str]:
-    """The string values a ``Literal`` annotation (possibly inside ``Annotated``, ``| None``, ``list[...]``)
-    allows."""
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        return [value for value in typing.get_args(annotation) if isinstance(value, str)]
-    if origin is Annotated:
-        return _literal_values(typing.get_args(annotation)[0])
-    if origin in (Union, types.UnionType, list, tuple):
-        return [value for arg in typing.get_args(annotation) for value in _literal_values(arg)]
-    return []
-
-
-def _value_hints(options_cls: type, options: dict[str, Any]) -> list[str]:
-    """``key='close value'`` for each value pydantic rejects as not one of a ``Literal``'s, when one is close."""
-    import pydantic
-
-    try:
-        annotations = typing.get_type_hints(options_cls, include_extras=True)
-        pydantic.TypeAdapter(options_cls).validate_python(dict(options))
-    except pydantic.ValidationError as error:
-        problems = error.errors()
-    except Exception:  # an annotation that does not resolve: no hint rather than a second error
-        return []
-    else:
-        return []
-    hints = []
-    for item in problems:
-        if item.get("type") != "literal_error" or not item["loc"] or not isinstance(item.get("input"), str):
-            continue
-        key = str(item["loc"][0])
-        close = difflib.get_close_matches(item["input"], _literal_values(annotations.get(key)), n=1)
-        if close:
-            hints.append(f"{key}={close[0]!r}" + (f" (for {item['input']!r})" if len(item["loc"]) > 1 else ""))
-    return list(dict.fromkeys(hints))

@@ -23,12 +23,15 @@ import difflib
 import importlib
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
+
+import yaml
 
 from benchmark.api.errors import ConfigError, UnknownEntryError, UserError
 from benchmark.api.paths import check_name
@@ -57,9 +60,7 @@ class Entry(Generic[T]):
             else:
                 assert self.target is not None
                 module_name, _, attr = self.target.partition(":")
-                module = importlib.import_module(module_name)
-                registered = getattr(module, "__registered__", {}).get(self.name)
-                self.obj = registered if registered is not None else getattr(module, attr)
+                self.obj = getattr(importlib.import_module(module_name), attr)
         return self.obj
 
 
@@ -102,9 +103,6 @@ class Registry(Generic[T]):
 
         def decorator(obj: T) -> T:
             self.add(name, obj, description)
-            module = sys.modules.get(getattr(obj, "__module__", ""), None)
-            if module is not None:  # one class may be registered under several names (esd-x, esd-u)
-                module.__dict__.setdefault("__registered__", {})[name] = obj
             return obj
 
         return decorator
@@ -250,19 +248,15 @@ def scan_data_package(package: str, loader: str) -> list[Entry[Any]]:
 
 def read_data_file(path: Path) -> dict[str, Any]:
     """A YAML / TOML / JSON mapping, or a :class:`ConfigError` naming the file."""
-    import json
-
-    import yaml
-
-    text = path.read_text(encoding="utf-8")
     try:
+        text = path.read_text(encoding="utf-8")
         if path.suffix == ".toml":
             data = _tomllib().loads(text)
         elif path.suffix == ".json":
             data = json.loads(text)
         else:
             data = yaml.safe_load(text) or {}
-    except Exception as error:  # each parser has its own error type; all mean the same to the user
+    except (yaml.YAMLError, _tomllib().TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot parse: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")

@@ -99,7 +99,7 @@ class HubModel(ModelSpec):
         revision = revision or self.revision
         try:
             snapshot_download(self.hub_id, revision=revision, allow_patterns=ALLOW_PATTERNS, local_files_only=True)
-        except Exception as error:  # noqa: BLE001 - any failure here means "not in the cache"
+        except (OSError, ValueError) as error:  # LocalEntryNotFoundError (not cached), HFValidationError (bad id)
             raise self.unavailable(revision, "HF_HUB_OFFLINE is set and it is not cached") from error
 
     def unavailable(self, revision: str, why: str) -> ModelUnavailableError:
