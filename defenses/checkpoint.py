@@ -51,7 +51,10 @@ log = logging.getLogger(__name__)
 RECORD_FILE = "checkpoint.json"
 SAFETENSORS = (".safetensors",)
 PICKLES = (".pt", ".pth", ".bin", ".ckpt")
-PREFIXES = ("", "unet.", "text_encoder.", "module.", "model.")
+# Key prefixes of published files: diffusers components, DDP wrappers, and the text encoders of
+# transformers-4 folders (``text_model.*``, as AdvUnlearn's) or of a wrapper holding one
+# (``text_encoder.text_model.*``): transformers >= 5 names CLIPTextModel's tensors without ``text_model.``.
+PREFIXES = ("", "unet.", "text_encoder.", "module.", "model.", "text_model.", "text_encoder.text_model.")
 # Index buffers some exports carry and others do not; they hold no learned weight.
 IGNORABLE = re.compile(r"(^|\.)position_ids$")
 
