@@ -18,6 +18,10 @@ from benchmark.models.sd_mini import SdMiniModel
 FAST_DEFENSES = {
     "esd-x": {"iterations": 2, "ddim_steps": 3},
     "esd-u": {"iterations": 2, "ddim_steps": 3},
+    "rece": {"epochs": 1},
+    "safree": {"calibration_pairs": 4},
+    "advunlearn": {"iterations": 2, "warmup": 1, "attack_steps": 1, "ddim_steps": 2, "pool": 1, "retain_prompts": 2,
+                   "retain_batch": 1},
 }
 NEEDS_USER_DATA = {"checkpoint"}  # covered by tests/test_defenses_checkpoint.py with a written state dict
 FAST_ATTACKS = {

@@ -34,6 +34,9 @@ DEFAULT_CONFIG_HASHES = {
     "saferedir": "32e5edd526e02c3c",
     "sld": "5a0446b476ad8069",
     "uce": "adaad20da8b2ad83",
+    "rece": "b12b024c1dba6203",
+    "safree": "80a89d3dbb394e54",
+    "advunlearn": "77c8ac202f579298",
 }
 SAFEREDIR_PREPARE_HASH = "bfab68ed621ef19c"  # stable_hash(SafeRedir().prepare_config()), measured alike
 
