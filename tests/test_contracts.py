@@ -20,6 +20,7 @@ FAST_DEFENSES = {
     "esd-u": {"iterations": 2, "ddim_steps": 3},
     "rece": {"epochs": 1},
     "safree": {"calibration_pairs": 4},
+    "mace": {"steps": 2, "images": 2, "prompts": 4},
     "advunlearn": {"iterations": 2, "warmup": 1, "attack_steps": 1, "ddim_steps": 2, "pool": 1, "retain_prompts": 2,
                    "retain_batch": 1},
 }

@@ -37,6 +37,7 @@ DEFAULT_CONFIG_HASHES = {
     "rece": "b12b024c1dba6203",
     "safree": "80a89d3dbb394e54",
     "advunlearn": "77c8ac202f579298",
+    "mace": "0a1c38a176b25301",
 }
 SAFEREDIR_PREPARE_HASH = "bfab68ed621ef19c"  # stable_hash(SafeRedir().prepare_config()), measured alike
 
