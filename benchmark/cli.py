@@ -8,6 +8,12 @@ Examples::
     python -m benchmark list defenses
     python -m benchmark report runs/<run-id>
     python -m benchmark compare reports/leaderboard runs/<run-id>
+
+  several processes (one store, same records as one process; see README "Several GPUs or a cluster"):
+    torchrun --nproc-per-node 2 -m benchmark run --defense esd-u,uce --attack all
+    python -m benchmark run --defense esd-u --executor slurm --workers 32 --slurm-partition gpu
+    python -m benchmark run --defense esd-u --executor local --workers 3
+    python -m benchmark merge runs/<run-id>
 """
 
 from __future__ import annotations
@@ -69,6 +75,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="store root holding cells and run directories (default: runs/)")
     run.add_argument("--plugin", action="append", help="a .py file registering your own defenses/attacks/...")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
+    scale = run.add_argument_group(
+        "several processes", "Under torchrun / accelerate launch each rank computes its share of the cells "
+        "(on cuda:LOCAL_RANK) and rank 0 merges: no flag needed. --executor submits one job per share "
+        "through submitit (pip install -e \".[scale]\") and merges when all are done; the same command "
+        "again submits only the shares with missing cells. --out must be a folder every worker sees. "
+        "Exit 4: some worker did not finish (its finished cells are kept).")
+    scale.add_argument("--executor", metavar="{local,slurm}",
+                       help="local: worker processes on this machine; slurm: a SLURM job array")
+    scale.add_argument("--workers", type=int, help="number of workers (shares of the cells) for --executor")
+    scale.add_argument("--slurm-partition", help="SLURM partition of the jobs")
+    scale.add_argument("--slurm-gpus-per-task", type=int, help="GPUs per SLURM job (default 1; 0 for CPU jobs)")
+    scale.add_argument("--slurm-cpus-per-task", type=int, help="CPU cores per SLURM job (default: the cluster's)")
+    scale.add_argument("--slurm-time", type=int, help="time limit of each SLURM job, minutes (default 240)")
+
+    merge = sub.add_parser(
+        "merge", help="write the records and leaderboard of a multi-process run whose workers have finished",
+        description="Read every cell of RUN_DIR's config (RUN_DIR/config.yaml) from the store (RUN_DIR's parent) "
+        "and write records.parquet and the leaderboards exactly as a one-process run writes them. Computes "
+        "nothing: exit 4 with the missing cells listed when some worker has not finished (rerun the run's "
+        "command to compute them).")
+    merge.add_argument("run_dir", type=Path, help="the run directory (its name is printed and logged by `run`)")
 
     lst = sub.add_parser("list", help="list registered entries with a one-line description")
     lst.add_argument("kind", nargs="?", choices=sorted(REGISTRIES_BY_KIND), help="only this kind")
@@ -146,8 +173,22 @@ def config_from_args(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.resolve import resolve
-    from benchmark.runner import execute
+    from benchmark.runner import RunIncompleteError, execute
+    from benchmark.scale import WorkersFailedError
+    from benchmark.shard import launch_from_env
 
+    launch = launch_from_env()
+    executor = None
+    if args.executor is not None or args.workers is not None:
+        if args.executor is None:
+            raise UserError("--workers needs --executor local or slurm (under torchrun the number of processes "
+                            "is the number of workers)")
+        if launch is not None:
+            raise UserError("--executor inside torchrun / accelerate launch: use one or the other")
+        from benchmark.executors import check_executor, executor_options  # deferred: imports submitit
+
+        executor = executor_options(args)
+        check_executor(executor)
     config = config_from_args(args)
     if args.dry_run:
         plan = resolve(config)
@@ -158,7 +199,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.verbose:
         quiet_library_progress()
     try:
-        summary = execute(config)
+        if executor is not None:
+            from benchmark.executors import run_with_executor
+
+            summary = run_with_executor(config, executor)
+        elif launch is not None:
+            from benchmark.scale import run_launched
+
+            summary = run_launched(config, launch)
+            if summary is None:  # not rank 0: its share is done; rank 0 merges and prints the leaderboard
+                log.info("worker %d of %d finished its share", launch.rank, launch.world)
+                return 0
+        else:
+            summary = execute(config)
     except RunFailedError as failed:
         summary = failed.summary
         print(summary.markdown)
@@ -170,11 +223,48 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  {line}", file=sys.stderr)
         print(summary.run_dir)
         return 3
+    except (RunIncompleteError, WorkersFailedError) as incomplete:
+        return report_incomplete(incomplete)
+    return print_summary(summary)
+
+
+def print_summary(summary) -> int:
     print(summary.markdown)
     for counter in summary.counters:
         print(counter)
     print(summary.run_dir)
     return 0
+
+
+def report_incomplete(error: Exception) -> int:
+    """Exit 4: a multi-process run that some worker did not finish. What is missing, and what to do."""
+    missing = getattr(error, "missing", [])
+    print(f"error: {error}", file=sys.stderr)
+    for cell in missing[:10]:
+        print(f"  missing {cell.stage}: {cell.what}", file=sys.stderr)
+    if len(missing) > 10:
+        print(f"  ... and {len(missing) - 10} more", file=sys.stderr)
+    if missing:
+        print("rerun the run's command to compute the missing cells (only those), then merge", file=sys.stderr)
+    return 4
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from benchmark.runner import RunIncompleteError
+    from benchmark.scale import merge as merge_run
+
+    run_dir = existing_folder(args.run_dir, "RUN_DIR")
+    quiet_library_progress()
+    try:
+        summary = merge_run(run_dir)
+    except RunFailedError as failed:
+        print(failed.summary.markdown)
+        print(f"error: {len(failed.failures)} cell(s) failed (details: {failed.summary.run_dir / 'failures.json'})",
+              file=sys.stderr)
+        return 3
+    except RunIncompleteError as incomplete:
+        return report_incomplete(incomplete)
+    return print_summary(summary)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -310,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     quiet_libraries(args.verbose)
-    handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "compare": cmd_compare}
+    handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "compare": cmd_compare,
+                "merge": cmd_merge}
     try:
         return handlers[args.command](args)
     except UserError as error:  # bad input: one line, exit 2; anything else is a bug and keeps its traceback

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,19 @@ from benchmark.api.task import Task
 from benchmark.config import RunConfig
 from benchmark.records import Record, parquet_bytes, records_frame
 from benchmark.resolve import Plan, resolve
+from benchmark.shard import Shard, shard_of
+from benchmark.sharing import (
+    claimed_attack,
+    claimed_generate,
+    claimed_judge,
+    missing_generations,
+    read_attack,
+    read_scores,
+)
 from benchmark.stages import StageCounter
-from benchmark.stages.attack import CellFailure, run_attack
-from benchmark.stages.generate import GenCell, SharedGenerations, generate_cells, generate_key, image_seed
-from benchmark.stages.judge import judge_cells
-from benchmark.stages.prepare import prepare_defense
+from benchmark.stages.attack import CellFailure
+from benchmark.stages.generate import GenCell, SharedGenerations, generate_key, image_seed
+from benchmark.stages.prepare import DONE_FILE, prepare_defense, prepare_keys, prepared
 from benchmark.store import CellStore, atomic_write_bytes, atomic_write_json, atomic_write_text
 from prompts import load_prompt_file
 from reports.leaderboard import compute_leaderboard, judge_descriptions, render_markdown
@@ -57,9 +67,9 @@ def load_prompts(set_name: str, file: str | None, column: str | None, limit: int
     return set_name, spec.load(data_dir, limit=limit)
 
 
-def build_judge(plan: Plan, task: Task, role: str):
+def build_judge(plan: Plan, task: Task, role: str, device: str | None = None):
     spec = task.judge if role == "concept" else task.utility_judge
-    return JUDGES.get(spec.name)(device=plan.config.device, **plan.judge_options[task.name][role])
+    return JUDGES.get(spec.name)(device=device or plan.config.device, **plan.judge_options[task.name][role])
 
 
 def is_truncated(tokenizer, text: str | None) -> bool:
@@ -68,21 +78,77 @@ def is_truncated(tokenizer, text: str | None) -> bool:
     return len(tokenizer(text, truncation=False).input_ids) > tokenizer.model_max_length
 
 
-def execute(config: RunConfig) -> RunSummary:
+@dataclass
+class MissingCell:
+    """A cell a collecting process found missing from the store."""
+
+    stage: str
+    what: str
+    text: str | None  # its prompt's text (which worker owns it); None: every worker needs it (prepare)
+
+
+class RunIncompleteError(Exception):
+    """Collect found cells missing: some worker has not finished (or died). Nothing was written; rerunning
+    the run's command computes the missing cells (only those)."""
+
+    def __init__(self, missing: list[MissingCell], run_dir: Path, found: dict[str, int]):
+        self.missing = missing
+        self.run_dir = run_dir
+        lacking = Counter(m.stage for m in missing)
+        # Cells behind a missing one (the images of a missing attack prompt) are not known yet: not counted.
+        super().__init__(f"{len(missing)} cell(s) missing from the store; cells in the store / known so far: "
+                         + ", ".join(f"{stage} {n}/{n + lacking[stage]}" for stage, n in found.items()))
+
+    def owners(self, world: int) -> set[int]:
+        """The workers (of ``world``) whose cells are missing."""
+        return {shard_of(m.text, world) for m in self.missing if m.text is not None} | (
+            set(range(world)) if any(m.text is None for m in self.missing) else set())
+
+
+def read_run_config(run_dir: Path) -> str:
+    """The run's config.yaml as its launching process wrote it; a worker compares its own with it."""
+    path = run_dir / "config.yaml"
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        raise ConfigError(f"this worker ({socket.gethostname()}) cannot read {path}: --out must be a folder every "
+                          "worker sees (a shared filesystem, the same path on every node); the launching "
+                          "process wrote it there") from None
+
+
+def execute(config: RunConfig, *, shard: Shard | None = None, collect: bool = False,
+            plan: Plan | None = None) -> RunSummary:
     """Run every cell of ``config``; cached cells are reused. Raises :class:`RunFailedError` after writing
-    everything when some (task, defense, attack) cells failed."""
-    plan = resolve(config)
+    everything when some (task, defense, attack) cells failed.
+
+    ``shard``: a worker of a multi-process run. It computes only its share of the cells (the prompts that
+    :class:`Shard` gives it; prepare cells are claimed by whichever worker comes first) and writes no
+    records: its summary carries its counters and failures. The run's config.yaml must already be there.
+    ``collect``: the merging process. It computes nothing, reads every cell from the store and writes the
+    records and leaderboards exactly as one process would; :class:`RunIncompleteError` if cells are missing.
+    ``plan``: ``config`` already resolved (by a process that lacks the workers' device).
+    """
+    plan = plan or resolve(config)
     config = plan.config
     store = CellStore(config.out)
     run_dir = store.run_dir(plan.run_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", config.to_yaml())
-    log.info("run directory %s", run_dir)
+    if shard is not None:
+        if read_run_config(run_dir) != config.to_yaml():
+            raise ConfigError(f"{run_dir / 'config.yaml'} differs from this worker's resolved config: another "
+                              "version of the code, other plugins or data; run every worker from one checkout")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+    log.info("run directory %s%s", run_dir, f" ({shard})" if shard else "")
 
-    model = plan.spec.load(torch.device(config.device), DTYPES[config.dtype], config.model_revision)
+    # Collecting computes nothing: the model is only read (its key, its tokenizer), so on the CPU, wherever
+    # the workers ran (a SLURM login node has no GPU).
+    device = "cpu" if collect else config.device
+    model = plan.spec.load(torch.device(device), DTYPES[config.dtype], config.model_revision)
     check_image_size(model, config)
     run_provenance = provenance.collect(model.device, model.provenance)
-    atomic_write_json(run_dir / "provenance.json", run_provenance)  # written now: a killed run still has it
+    if shard is None and not collect:
+        atomic_write_json(run_dir / "provenance.json", run_provenance)  # written now: a killed run still has it
     counters = {s: StageCounter(s) for s in ("prepare", "attack", "generate", "judge")}
     sampler = config.sampler
     sampler_dict = {"num_inference_steps": sampler.num_inference_steps, "guidance_scale": sampler.guidance_scale,
@@ -92,6 +158,7 @@ def execute(config: RunConfig) -> RunSummary:
     rows: list[Record] = []
     notes: list[str] = list(plan.notes)
     failures: list[CellFailure] = []
+    missing: list[MissingCell] = []
     prepare_seconds: dict[str, float] = {}
     prompt_checks: list[dict[str, Any]] = []
 
@@ -101,17 +168,28 @@ def execute(config: RunConfig) -> RunSummary:
         benign_set, benign_prompts = load_prompts(task.benign_prompts, config.benign_prompts,
                                                   config.prompt_column, config.max_benign, config.data_dir,
                                                   prompt_checks)
+        if shard is not None:
+            attack_prompts = [p for p in attack_prompts if shard.takes(p.text)]
+            benign_prompts = [p for p in benign_prompts if shard.takes(p.text)]
         # Judges first: a missing judge model should fail before an hour of generation, not after.
-        concept_judge = build_judge(plan, task, "concept")
-        utility_judge = build_judge(plan, task, "utility")
+        concept_judge = build_judge(plan, task, "concept", device)
+        utility_judge = build_judge(plan, task, "utility", device)
         task_cells: list[tuple[GenCell, dict]] = []
         for defense_name in config.defenses:
             defense = DEFENSES.get(defense_name)(**config.defense_options.get(defense_name, {}))
-            defense_key, artifact_dir, prepare_meta = prepare_defense(defense, model, task, store,
-                                                                      counters["prepare"])
+            if collect:
+                defense_key, artifact_key = prepare_keys(defense, model.key, task.name)
+                if not prepared(store, artifact_key):
+                    missing.append(MissingCell("prepare", f"{task.name}/{defense_name}", None))
+                    continue
+                counters["prepare"].cached += 1
+                prepare_meta = store.read_json_path(store.dir("prepare", artifact_key) / DONE_FILE)
+                defended = None
+            else:
+                defense_key, artifact_dir, prepare_meta = prepare_defense(defense, model, task, store,
+                                                                          counters["prepare"])
+                defended = defense.apply(model, task, artifact_dir)
             prepare_seconds[defense_key] = float(prepare_meta.get("prepare_seconds", 0.0))
-            defended = defense.apply(model, task, artifact_dir)
-            shared = SharedGenerations(defended, store, model.key, defense_key, config.device, config.dtype)
             try:
                 cells: list[tuple[GenCell, dict]] = []
                 for attack_name in config.attacks:
@@ -120,33 +198,57 @@ def execute(config: RunConfig) -> RunSummary:
                         notes.append(f"attack {attack_name} skipped against {defense_name}: its threat model "
                                      f"({attack.threat_model.value}) does not apply")
                         continue
-                    ctx = AttackContext(model=model, defended=defended, task=task, judge=concept_judge,
-                                        sampler=sampler_dict, data_dir=config.data_dir, generations=shared)
-                    outcome = run_attack(attack, attack_prompts, ctx, store, model.key, defense_key,
-                                         counters["attack"])
+                    if collect:
+                        outcome, absent = read_attack(attack, attack_prompts, sampler_dict, store, model.key,
+                                                      defense_key, counters["attack"])
+                        missing += [MissingCell("attack", f"{task.name}/{defense_name}/{attack_name}/{p.id}",
+                                                p.text) for p in absent]
+                    else:
+                        shared = SharedGenerations(defended, store, model.key, defense_key, config.device,
+                                                   config.dtype)
+                        ctx = AttackContext(model=model, defended=defended, task=task, judge=concept_judge,
+                                            sampler=sampler_dict, data_dir=config.data_dir, generations=shared)
+                        outcome = claimed_attack(attack, attack_prompts, ctx, store, model.key, defense_key,
+                                                 counters["attack"])
+                        # Images the attack already drew (and judged) are in the store: computed once.
+                        counters["generate"].computed += shared.computed
                     if outcome.error is not None:
                         failures.append(CellFailure(task.name, defense_name, attack_name, outcome.error,
                                                     outcome.traceback))
                     for prompt in attack_prompts:
-                        cells += _cells_for(prompt, outcome.records[prompt.id], "attack", attack_set, attack_name,
-                                            task, defense_name, defense_key, config, model)
+                        if prompt.id in outcome.records:  # (collect: not when missing)
+                            cells += _cells_for(prompt, outcome.records[prompt.id], "attack", attack_set,
+                                                attack_name, task, defense_name, defense_key, config, model)
                 for prompt in benign_prompts:
                     plain = {"text": prompt.text, "status": "ok", "message": "", "seconds": 0.0, "queries": 0,
                              "embeds_path": None, "meta": {}}
                     cells += _cells_for(prompt, plain, "benign", benign_set, "none", task, defense_name,
                                         defense_key, config, model)
-                # Images the attacks already drew (and judged) are in the store: counted as computed once.
-                counters["generate"].computed += shared.computed
-                generate_cells(defended, [c for c, _ in cells], store, sampler.batch_size, counters["generate"],
-                               desc=f"generate {task.name}/{defense_name}")
+                if collect:
+                    missing += [MissingCell("generate", f"{c.task}/{c.defense}/{c.attack}/{c.prompt_id}",
+                                            c.source_prompt)
+                                for c in missing_generations([c for c, _ in cells], store, counters["generate"])]
+                else:
+                    claimed_generate(defended, [c for c, _ in cells], store, sampler.batch_size,
+                                     counters["generate"], desc=f"generate {task.name}/{defense_name}")
             finally:
-                defended.close()
+                if defended is not None:
+                    defended.close()
             task_cells += cells
 
-        generation = {cell.key: store.read_json("generate", cell.key) for cell, _ in task_cells if cell.generates}
+        drawn = [(c, a) for c, a in task_cells if c.generates and store.exists("generate", c.key, "json")]
+        generation = {cell.key: store.read_json("generate", cell.key) for cell, _ in drawn}
         for judge in (concept_judge, utility_judge):
-            scores = judge_cells(judge, [(c.key, c.source_prompt) for c, _ in task_cells if c.generates], store,
-                                 sampler.batch_size, counters["judge"])
+            items = [(c.key, c.source_prompt) for c, _ in drawn]
+            if collect:
+                scores, absent = read_scores(judge, items, store, counters["judge"])
+                texts = {c.key: c.source_prompt for c, _ in drawn}
+                missing += [MissingCell("judge", f"{judge.identity().as_dict()['judge']} of image {key}", texts[key])
+                            for key, _ in absent]
+            else:
+                scores = claimed_judge(judge, items, store, sampler.batch_size, counters["judge"])
+            if shard is not None or missing:
+                continue  # a worker writes no records; a collect with missing cells writes none either
             identity = judge.identity().as_dict()
             for cell, attack_record in task_cells:
                 gen = generation.get(cell.key)
@@ -154,6 +256,12 @@ def execute(config: RunConfig) -> RunSummary:
                 rows.append(_record(config, run_dir.name, model, cell, attack_record, gen, score, identity,
                                     judge.role, prepare_seconds.get(cell.defense_key)))
 
+    if missing:
+        raise RunIncompleteError(missing, run_dir, {c.stage: c.cached for c in counters.values()})
+    if shard is not None:
+        return RunSummary(run_dir, list(counters.values()), pd.DataFrame(), "", notes, failures)
+    if collect:
+        run_provenance = {**run_provenance, "collected": True}  # devices of the workers: workers/*.json
     atomic_write_json(run_dir / "provenance.json", {**run_provenance, "prompt_files": prompt_checks})
     records = records_frame(rows)
     atomic_write_bytes(run_dir / "records.parquet", parquet_bytes(records))
