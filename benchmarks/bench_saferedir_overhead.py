@@ -61,12 +61,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--dtype", default="fp32")
     args = ap.parse_args(argv)
 
+    from benchmark.api.defense import DefendedPipeline
     from benchmark.api.model import DTYPES
     from benchmark.api.registry import TASKS
     from benchmark.stages.generate import initial_latents
-    from benchmark.api.defense import DefendedPipeline
-    from defenses.saferedir import SHIPPED_DIR, SafeRedir, SafeRedirPipeline, load_redirector, read_metadata, \
-        resolve_behaviour
+    from defenses.saferedir import (
+        SHIPPED_DIR,
+        SafeRedir,
+        SafeRedirPipeline,
+        load_redirector,
+        read_metadata,
+        resolve_behaviour,
+    )
     from defenses.saferedir_net import Redirector
 
     device = torch.device(args.device)

@@ -34,10 +34,9 @@ def main() -> None:
 
     import attacks  # noqa: F401  (registers the attacks)
     import defenses  # noqa: F401
-    from benchmark.api.attack import AttackContext
     from attacks.unlearndiff import _TARGETS, UnlearnDiff
-    from benchmark.api.model import get_model_spec
-    from benchmark.api.model import resolve_device, resolve_dtype
+    from benchmark.api.attack import AttackContext
+    from benchmark.api.model import get_model_spec, resolve_device, resolve_dtype
     from benchmark.api.registry import DEFENSES, JUDGES, PROMPT_SETS, TASKS
 
     device = resolve_device(args.device)
