@@ -78,8 +78,12 @@ def main() -> None:
         import pandas as pd
 
         one_dir, many_dir = Path(one_out.strip().splitlines()[-1]), Path(many_out.strip().splitlines()[-1])
-        same = pd.read_parquet(one_dir / "records.parquet").drop(columns=TIMING).equals(
-            pd.read_parquet(many_dir / "records.parquet").drop(columns=TIMING))
+        one_records = pd.read_parquet(one_dir / "records.parquet").drop(columns=TIMING)
+        many_records = pd.read_parquet(many_dir / "records.parquet").drop(columns=TIMING)
+        same = one_records.equals(many_records)
+        # Scores are floats of float images: compare every other column exactly and scores by their gap.
+        same_decisions = one_records.drop(columns=["score"]).equals(many_records.drop(columns=["score"]))
+        score_gap = float((one_records["score"] - many_records["score"]).abs().max())
     n_one, n_many = cells(one_out), cells(many_out)
     print(f"{args.model} / {args.task} on {args.device}, {os.cpu_count()} CPU cores; cells = images + scores")
     print(f"1 process:   {n_one} cells in {one_s:6.1f} s = {n_one / one_s:7.2f} cells/s")
@@ -87,6 +91,8 @@ def main() -> None:
           + (f" ({n_many / many_s / processes:.2f} cells/s per GPU)" if args.device.startswith("cuda") else ""))
     print(f"ratio {processes} / 1 process: {(n_many / many_s) / (n_one / one_s):.2f}x; each cell computed once: "
           f"{n_one == n_many}; records identical (all columns but timings): {same}")
+    print(f"every column but timings and scores identical (prompts, seeds, decisions: flagged, retained, blocked): "
+          f"{same_decisions}; largest score difference {score_gap:.2e}")
     if not same:
         print("  (images on CPU are equal only up to float rounding across batch compositions and thread counts, "
               "and the two runs differ in both here; --batch-size 1 with OMP_NUM_THREADS=1 makes them identical, "
