@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any
 
 import torch
@@ -82,7 +81,7 @@ from benchmark.api.defense import DefenseKind, PrepareContext
 from benchmark.api.errors import ConfigError
 from benchmark.api.registry import DEFENSES
 from defenses.uce import DEFAULT_LAMB, SD_MINI_LAMB, Uce, UceOptions, aligned, token_tail, uce_edit
-from defenses.weight_edit import WeightEditPipeline, artifact_file, cross_attention_modules, load_edit, save_edit
+from defenses.weight_edit import artifact_file, cross_attention_modules, save_edit
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +224,7 @@ class Rece(Uce):
     name = "rece"
     kind = DefenseKind.WEIGHT_EDIT
     Options = ReceOptions
+    delta_file = DELTA_FILE  # ``apply`` (Uce's) loads it
 
     def config(self) -> dict[str, Any]:
         # The per-model defaults enter the cache key, so changing them recomputes the edit.
@@ -241,12 +241,7 @@ class Rece(Uce):
     def resolved(self, model_name: str, n_preserve: int) -> dict[str, Any]:
         o = self.options
         base = SD_MINI if model_name == "sd-mini" else PAPER
-        preserve_scale = o.preserve_scale
-        if preserve_scale is None:
-            preserve_scale = max(0.1, 1.0 / n_preserve) if n_preserve else 0.0
-        return {"lamb": o.lamb if o.lamb is not None else (SD_MINI_LAMB if model_name == "sd-mini" else DEFAULT_LAMB),
-                "preserve_scale": preserve_scale, "erase_scale": o.erase_scale, "edit_keys": o.edit_keys,
-                "accumulate": o.accumulate,
+        return {**self.edit_settings(model_name, n_preserve), "accumulate": o.accumulate,
                 "epochs": o.epochs if o.epochs is not None else base["epochs"],
                 "reg": o.reg if o.reg is not None else base["reg"]}
 
@@ -254,15 +249,9 @@ class Rece(Uce):
         concepts, guide, preserve = self.sets(ctx.task)
         settings = self.resolved(ctx.model.name, len(preserve))
         result = rece_edit(ctx.model.pipe, concepts, guide, preserve, **settings)
-        save_edit(artifact_file(ctx.artifact_dir, DELTA_FILE), result.delta, {"defense": self.name})
+        save_edit(artifact_file(ctx.artifact_dir, self.delta_file), result.delta, {"defense": self.name})
         return {"concepts": concepts, "guide": guide, "preserve": preserve, **settings,
                 "edited_projections": len(result.delta),
                 "delta_norm": float(sum(v.norm() ** 2 for v in result.delta.values()) ** 0.5),
                 "uce_concept_score": result.uce_concept_score,
                 "epoch_records": [vars(r) for r in result.epochs]}
-
-    def apply(self, model, task, artifact_dir: Path) -> WeightEditPipeline:
-        path = artifact_file(artifact_dir, DELTA_FILE)
-        if not path.is_file():
-            raise FileNotFoundError(f"rece: no edit in {artifact_dir}; run the prepare stage first")
-        return WeightEditPipeline(model, self, task, load_edit(path), as_delta=True)

@@ -124,6 +124,7 @@ class Uce(Defense):
 
     kind = DefenseKind.WEIGHT_EDIT
     Options = UceOptions
+    delta_file = DELTA_FILE  # the artifact's file name (subclasses that extend the edit name theirs)
 
     def config(self) -> dict[str, Any]:
         # The per-model default of lamb enters the cache key, so changing it recomputes the edit.
@@ -144,24 +145,29 @@ class Uce(Defense):
         preserve = [p for p in preserve if p not in concepts]
         return concepts, guide, preserve
 
+    def edit_settings(self, model_name: str, n_preserve: int) -> dict[str, Any]:
+        """The closed form's coefficients with their per-model defaults resolved (``uce_edit``'s keywords)."""
+        o = self.options
+        preserve_scale = o.preserve_scale
+        if preserve_scale is None:
+            preserve_scale = max(0.1, 1.0 / n_preserve) if n_preserve else 0.0
+        lamb = o.lamb
+        if lamb is None:
+            lamb = SD_MINI_LAMB if model_name == "sd-mini" else DEFAULT_LAMB
+        return {"lamb": lamb, "erase_scale": o.erase_scale, "preserve_scale": preserve_scale, "edit_keys": o.edit_keys}
+
     def prepare(self, ctx: PrepareContext) -> dict[str, Any]:
         concepts, guide, preserve = self.sets(ctx.task)
-        preserve_scale = self.options.preserve_scale
-        if preserve_scale is None:
-            preserve_scale = max(0.1, 1.0 / len(preserve)) if preserve else 0.0
-        lamb = self.options.lamb
-        if lamb is None:
-            lamb = SD_MINI_LAMB if ctx.model.name == "sd-mini" else DEFAULT_LAMB
-        delta = uce_edit(ctx.model.pipe, concepts, guide, preserve, lamb=lamb,
-                         erase_scale=self.options.erase_scale, preserve_scale=preserve_scale,
-                         edit_keys=self.options.edit_keys)
-        save_edit(artifact_file(ctx.artifact_dir, DELTA_FILE), delta, {"defense": self.name})
-        return {"concepts": concepts, "guide": guide, "preserve": preserve, "preserve_scale": preserve_scale, "lamb": lamb,
+        settings = self.edit_settings(ctx.model.name, len(preserve))
+        delta = uce_edit(ctx.model.pipe, concepts, guide, preserve, **settings)
+        save_edit(artifact_file(ctx.artifact_dir, self.delta_file), delta, {"defense": self.name})
+        return {"concepts": concepts, "guide": guide, "preserve": preserve,
+                "preserve_scale": settings["preserve_scale"], "lamb": settings["lamb"],
                 "edited_projections": len(delta),
                 "delta_norm": float(sum(v.norm() ** 2 for v in delta.values()) ** 0.5)}
 
     def apply(self, model, task, artifact_dir: Path) -> WeightEditPipeline:
-        path = artifact_file(artifact_dir, DELTA_FILE)
+        path = artifact_file(artifact_dir, self.delta_file)
         if not path.is_file():
-            raise FileNotFoundError(f"uce: no edit in {artifact_dir}; run the prepare stage first")
+            raise FileNotFoundError(f"{self.name}: no edit in {artifact_dir}; run the prepare stage first")
         return WeightEditPipeline(model, self, task, load_edit(path), as_delta=True)
