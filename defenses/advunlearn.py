@@ -100,6 +100,8 @@ from tqdm.auto import tqdm
 from benchmark.api.defense import Defense, DefenseKind, PrepareContext
 from benchmark.api.errors import ConfigError, DataFileError
 from benchmark.api.registry import DEFENSES
+from benchmark.models.mini.tasks import TASKS as MINI_TASKS
+from benchmark.models.mini.tasks import training_split
 from defenses._options import comma_list
 from defenses.weight_edit import WeightEditPipeline, artifact_file, load_edit, save_edit
 
@@ -498,8 +500,6 @@ class AdvUnlearn(Defense):
         if self.options.retain_file:
             texts, source = self._retain_file(limit), f"file {self.options.retain_file}"
         elif model_name == "sd-mini" and _is_mini_task(task.name):
-            from benchmark.models.mini.tasks import training_split
-
             _, benign = training_split(task.name, 1, limit, seed=1)
             texts, source = [p.text for p in benign], f"sd-mini training_split({task.name!r}, seed=1) benign"
         else:
@@ -548,6 +548,4 @@ class AdvUnlearn(Defense):
 
 
 def _is_mini_task(name: str) -> bool:
-    from benchmark.models.mini.tasks import TASKS as MINI_TASKS
-
     return name in MINI_TASKS

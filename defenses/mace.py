@@ -119,6 +119,7 @@ from tqdm.auto import tqdm
 from benchmark.api.defense import Defense, DefenseKind, PrepareContext
 from benchmark.api.errors import ConfigError
 from benchmark.api.registry import DEFENSES
+from benchmark.models.mini.tasks import training_split
 from defenses._options import comma_list
 from defenses.mace_masks import (
     AttentionRecorder,
@@ -428,8 +429,6 @@ class Mace(Defense):
         else:
             texts = [concept_word(label) for label in ctx.task.retention_concepts]
             if ctx.model.name == "sd-mini" and world_concept(ctx.task.name) is not None:
-                from benchmark.models.mini.tasks import training_split
-
                 _, benign = training_split(ctx.task.name, 0, SD_MINI_BENIGN, seed=1 + self.options.seed)
                 texts += [b.text for b in benign]
         return [t for t in texts if t not in concepts]

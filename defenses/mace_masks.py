@@ -27,6 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmark.models.mini import world
+from benchmark.models.mini.tasks import TASKS, training_split
+
 # Prompt templates for models without a world (SD): short, generic, the paper's "prompt augmentation" idea
 # in our own words. ``{}`` is the concept.
 TEMPLATES = (
@@ -184,16 +187,12 @@ def concept_positions(tokenizer, prompt: str, word: str, *, pooler: bool) -> tor
 # ------------------------------------------------------------------------------------------ sd-mini world
 def world_concept(task_name: str) -> str | None:
     """The world concept (LEXICON key: ``object:arrow``, ``gore``, ``style:wavy``) of an sd-mini task."""
-    from benchmark.models.mini.tasks import TASKS
-
     spec = TASKS.get(task_name)
     return spec.concept if spec is not None else None
 
 
 def world_mask(concept: str, labels: dict) -> np.ndarray | None:
     """The renderer's exact mask ``(64, 64)`` in [0, 1] of ``concept`` in the scene ``labels``."""
-    from benchmark.models.mini import world
-
     if concept.startswith("object:"):
         full = world.object_mask(labels["object"], labels["cx"], labels["cy"], labels["r"]).astype(np.float32)
         return full.reshape(world.SIZE, world._SS, world.SIZE, world._SS).mean(axis=(1, 3))
@@ -206,8 +205,6 @@ def world_mask(concept: str, labels: dict) -> np.ndarray | None:
 
 def world_scene(labels: dict, seed: int) -> dict:
     """Full render labels (position, size, seed) for a task prompt's intended scene."""
-    from benchmark.models.mini import world
-
     fixed = {k: labels[k] for k in ("object", "colour", "bg", "style", "gore") if k in labels}
     return world.sample_labels(np.random.default_rng(seed), **fixed)
 
@@ -226,8 +223,6 @@ def world_data(pipe, task_name: str, word: str, *, n_prompts: int, n_images: int
     """Prompts naming ``word`` from the task's training split, the mapped prompts (the world's safe
     counterpart caption when ``mapping`` is None, else ``word`` replaced by ``mapping``), and ``n_images``
     renders of the first prompts' scenes with exact masks."""
-    from benchmark.models.mini.tasks import training_split
-
     concept = world_concept(task_name)
     pairs, _ = training_split(task_name, 40 * n_prompts, 0, seed=1 + seed)
     chosen = [(a, s) for a, s in pairs if contains_word(a.text, word)][:n_prompts]
@@ -238,8 +233,6 @@ def world_data(pipe, task_name: str, word: str, *, n_prompts: int, n_images: int
     images, masks = [], []
     for i, (a, _) in enumerate(chosen[:n_images]):
         scene = world_scene(a.labels, seed=10_000 * (seed + 1) + i)
-        from benchmark.models.mini import world
-
         images.append(world.render(scene))
         mask = world_mask(concept, scene)
         masks.append(None if mask is None else torch.from_numpy(mask))

@@ -103,6 +103,7 @@ from safetensors.torch import load_file, save_file
 from benchmark.api.defense import DefendedPipeline, Defense, DefenseKind, PrepareContext
 from benchmark.api.errors import ConfigError
 from benchmark.api.registry import DEFENSES
+from benchmark.models.mini.tasks import training_split
 from defenses._options import comma_list
 
 log = logging.getLogger(__name__)
@@ -527,8 +528,6 @@ class SafreeCallback(PipelineCallback):
 def calibrate_center(pipe, task_name: str, pairs: int, concept_projection: torch.Tensor) -> dict[str, float]:
     """The release's beta_0 rule on sd-mini: the midpoint of mean beta over held-out toxic prompts and
     over their safe counterparts (``tasks.training_split``: never an evaluation prompt)."""
-    from benchmark.models.mini.tasks import training_split
-
     drawn, _ = training_split(task_name, pairs, 0)
     betas: dict[str, list[float]] = {"toxic": [], "safe": []}
     for toxic, safe in drawn:
