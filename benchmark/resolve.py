@@ -112,9 +112,21 @@ def resolve(config: RunConfig) -> Plan:
         config.defenses = [d for d in config.defenses if d in config.defense_options
                            or getattr(DEFENSES.get(d), "runs_without_options", True)]
     asked_all = "all" in config.attacks
+    asked_attacks = list(config.attacks)
     config.attacks = expand(config.attacks, ATTACKS)
-    if asked_all:  # "all" means every attack that can run without user-supplied data
-        config.attacks = [a for a in config.attacks if getattr(ATTACKS.get(a), "runs_without_options", True)]
+    if asked_all:  # "all" means every attack that can run without user-supplied data and is in "all"
+        explicit = {a for a in asked_attacks if a != "all"}  # named beside "all": kept
+        kept = []
+        for a in config.attacks:
+            cls = ATTACKS.get(a)
+            if not getattr(cls, "runs_without_options", True):
+                continue
+            if not getattr(cls, "in_all", True) and a not in explicit:
+                notes.append(f"attack {a} left out of 'all' (not in 'all' to keep the default job's time); "
+                             f"name it (--attack {a}) or run --suite extended-attacks")
+                continue
+            kept.append(a)
+        config.attacks = kept
     _check_option_targets("defense", config.defense_options, DEFENSES, config.defenses, notes)
     _check_option_targets("attack", config.attack_options, ATTACKS, config.attacks, notes)
 

@@ -135,6 +135,9 @@ class Attack(Component):
     failures: ClassVar[dict[str, str]] = {}
     # False for attacks that need user-supplied data (a prompt file); ``--attack all`` leaves them out.
     runs_without_options: ClassVar[bool] = True
+    # False for attacks that ``--attack all`` leaves out to keep the default job's time (they are run by
+    # name or by a suite that names them, e.g. ``--suite extended-attacks``); the run notes each one.
+    in_all: ClassVar[bool] = True
 
     def query_budget(self, model_name: str | None) -> int | None:
         """The most model queries this configuration may spend on one prompt (None: not declared). The
