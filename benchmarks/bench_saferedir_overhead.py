@@ -21,33 +21,11 @@ import torch
 
 
 def build_model(name: str, device: torch.device, dtype: torch.dtype):
-    from benchmark.api.model import LoadedModel, SamplerDefaults
+    from benchmark.api.model import get_model_spec
 
-    if name == "sd-mini":
-        from benchmark.models.sd_mini import SdMiniModel
-
-        return SdMiniModel().load(device, dtype)
-    if name == "sd14-shaped":
-        from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-        from transformers import CLIPTextConfig, CLIPTextModel
-
-        from benchmark.models.byte_tokenizer import byte_level_clip_tokenizer
-
-        torch.manual_seed(0)
-        unet = UNet2DConditionModel(cross_attention_dim=768, sample_size=64)  # the SD 1.x UNet config defaults
-        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-        tokenizer = byte_level_clip_tokenizer(77)
-        text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072,
-                                            num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77))
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
-                                       scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
-                                                               beta_end=0.012, clip_sample=False),
-                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-        pipe = pipe.to(device, dtype)
-        pipe.set_progress_bar_config(disable=True)
-        return LoadedModel("sd14-shaped", "sd14-shaped-random", pipe, device, dtype, SamplerDefaults())
-    raise SystemExit(f"unknown --model {name!r}: sd-mini or sd14-shaped")
+    if name not in ("sd-mini", "sd14-shaped"):
+        raise SystemExit(f"unknown --model {name!r}: sd-mini or sd14-shaped")
+    return get_model_spec(name).load(device, dtype)
 
 
 def main(argv=None) -> dict:
