@@ -256,6 +256,11 @@ def execute(config: RunConfig, *, shard: Shard | None = None, collect: bool = Fa
                 rows.append(_record(config, run_dir.name, model, cell, attack_record, gen, score, identity,
                                     judge.role, prepare_seconds.get(cell.defense_key)))
 
+    for counter in counters.values():  # recorded in the leaderboard's notes and the provenance
+        for event in counter.backoffs:
+            notes.append(f"{event['what']}: out of memory at batch {event['from']}; continued at batch {event['to']}")
+    if any(c.backoffs for c in counters.values()):
+        run_provenance = {**run_provenance, "oom_backoffs": [e for c in counters.values() for e in c.backoffs]}
     if missing:
         raise RunIncompleteError(missing, run_dir, {c.stage: c.cached for c in counters.values()})
     if shard is not None:

@@ -67,6 +67,7 @@ def claimed_generate(defended, cells: list[GenCell], store: CellStore, batch_siz
             keys = set(claimed)
             generate_cells(defended, [c for c in drawing if c.key in keys], store, batch_size, mine, desc)
     counter.computed += mine.computed
+    counter.backoffs.extend(mine.backoffs)
     counter.cached += len(drawing) - mine.computed
 
 

@@ -6,7 +6,8 @@ and skips cells whose artifact exists; :class:`StageCounter` tells the CLI how m
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -14,6 +15,11 @@ class StageCounter:
     stage: str
     computed: int = 0
     cached: int = 0
+    # out-of-memory halvings of this stage's batches ({"what", "from", "to"}; benchmark.api.memory)
+    backoffs: list[dict[str, Any]] = field(default_factory=list)
 
     def __str__(self) -> str:
-        return f"{self.stage}: {self.computed} computed, {self.cached} cached"
+        text = f"{self.stage}: {self.computed} computed, {self.cached} cached"
+        if self.backoffs:
+            text += f", batch halved {len(self.backoffs)}x on out-of-memory (to {self.backoffs[-1]['to']})"
+        return text

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from benchmark.api.memory import Backoff
 from benchmark.api.sampling import draw, image_seed, initial_latents  # noqa: F401  (re-exported for the stages)
 from benchmark.hashing import stable_hash
 from benchmark.stages import StageCounter
@@ -98,22 +99,31 @@ def generate_cells(defended, cells: list[GenCell], store: CellStore, batch_size:
         return
     pipe = defended.pipe
     bar = tqdm(total=len(unique), desc=desc, unit="img", leave=False)
-    for (guidance, steps, height, width, uses_embeds), group in groups.items():
-        for start in range(0, len(group), batch_size):
-            batch = group[start:start + batch_size]
-            prompts, embeds = None, None
-            if uses_embeds:
-                embeds = torch.stack([_load_embeds(store, c.embeds_path) for c in batch])
-                embeds = embeds.to(device=pipe.device, dtype=pipe.text_encoder.dtype)
-            else:
-                prompts = [c.adversarial_prompt for c in batch]
-            images, blocked, per_image, triggered = draw(
-                defended, [c.seed for c in batch], prompts=prompts, prompt_embeds=embeds,
-                guidance_scale=guidance, num_inference_steps=steps, height=height, width=width)
-            for cell, image, is_blocked, trig in zip(batch, images, blocked, triggered, strict=True):
-                write_generation(store, cell.key, image, per_image, is_blocked, len(batch), trig)
-                counter.computed += 1
-            bar.update(len(batch))
+    # A batch that runs out of memory is halved and retried (each halving recorded on the counter); a cell
+    # is written only after its batch was drawn, so a retry loses nothing.
+    backoff = Backoff(batch_size, desc)
+
+    def draw_batch(settings: tuple, batch: list[GenCell]) -> None:
+        guidance, steps, height, width, uses_embeds = settings
+        prompts, embeds = None, None
+        if uses_embeds:
+            embeds = torch.stack([_load_embeds(store, c.embeds_path) for c in batch])
+            embeds = embeds.to(device=pipe.device, dtype=pipe.text_encoder.dtype)
+        else:
+            prompts = [c.adversarial_prompt for c in batch]
+        images, blocked, per_image, triggered = draw(
+            defended, [c.seed for c in batch], prompts=prompts, prompt_embeds=embeds,
+            guidance_scale=guidance, num_inference_steps=steps, height=height, width=width)
+        for cell, image, is_blocked, trig in zip(batch, images, blocked, triggered, strict=True):
+            write_generation(store, cell.key, image, per_image, is_blocked, len(batch), trig)
+            counter.computed += 1
+        bar.update(len(batch))
+
+    try:
+        for settings, group in groups.items():
+            backoff.run(group, lambda batch, settings=settings: draw_batch(settings, batch))
+    finally:
+        counter.backoffs.extend(backoff.events)
     bar.close()
 
 
