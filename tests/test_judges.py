@@ -432,7 +432,7 @@ def test_every_judge_is_a_component_with_documented_options(name: str) -> None:
     for info in infos:
         assert info.help, f"{name}.{info.name} has no help comment"
     expected = {
-        "nudenet": {"preset", "threshold", "classes", "batch_size", "model_path", "input_size"},
+        "nudenet": {"preset", "threshold", "classes", "batch_size", "model_path", "input_size", "checkpoint"},
         "clip-score": {"model", "backend", "batch_size", "dtype", "revision", "cache_dir", "allow_download",
                        "pretrained"},
         "clip-zero-shot": {"preset", "target_labels", "other_labels", "threshold", "model", "backend",
