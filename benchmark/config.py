@@ -140,6 +140,9 @@ def load_suite_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such suite file")
     data = read_data_file(path)
     data.pop("description", None)  # suites describe themselves for `benchmark list suites`
+    # A paper suite's `source` (paper, table, upstream code, published protocol) documents the run and is
+    # read by `compare --published` (reports/published.py); it is not a run key.
+    data.pop("source", None)
     return data
 
 

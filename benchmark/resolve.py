@@ -189,6 +189,15 @@ def judge_options_for(spec: JudgeSpec, overrides: dict[str, dict[str, Any]]) -> 
     return {**spec.options, **overrides.get(spec.name, {})}
 
 
+def replaced_set(value: str | None) -> str | None:
+    """``--prompts`` / ``--benign-prompts`` take a prompt file or a registered prompt set's name (e.g. a paper
+    suite replays ``mma-diffusion-nsfw`` as its attack prompts): the set's name when ``value`` names one and is
+    not a file."""
+    if value and not Path(value).is_file() and value in PROMPT_SETS:
+        return value
+    return None
+
+
 def check_prompt_sources(config: RunConfig, task: Task) -> None:
     """The prompt files a task's cells need exist (a set that is not used, ``--max-benign 0``, is not asked for)."""
     needs = []
@@ -197,9 +206,12 @@ def check_prompt_sources(config: RunConfig, task: Task) -> None:
     if config.max_benign != 0:
         needs.append(("--benign-prompts", config.benign_prompts, task.benign_prompts))
     for flag, file, set_name in needs:
+        if replaced_set(file):
+            file, set_name = None, replaced_set(file)
         if file:
             if not Path(file).is_file():
-                raise ConfigError(f"{flag} {file}: no such file")
+                raise ConfigError(f"{flag} {file}: no such file or registered prompt set "
+                                  "(`python -m benchmark list prompt-sets`)")
             continue
         prompt_set = PROMPT_SETS.get(set_name)
         available = getattr(prompt_set, "available", None)
@@ -218,7 +230,7 @@ def run_id(config: RunConfig) -> str:
     identity["sampler"].pop("batch_size")  # changes speed, never an image
     identity["plugin_contents"] = sorted(file_hash(p) for p in config.plugins)
     for key in ("prompts", "benign_prompts"):
-        if identity[key]:
+        if identity[key] and not replaced_set(identity[key]):  # a file by its content; a set by its name
             identity[key] = file_hash(identity[key])
     prefix = config.name or check_name_or_default(config.model.rstrip("/").split("/")[-1])
     return f"{prefix}-{stable_hash(identity, 10)}"

@@ -22,7 +22,7 @@ from benchmark.api.registry import ATTACKS, DEFENSES, JUDGES, PROMPT_SETS
 from benchmark.api.task import Task
 from benchmark.config import RunConfig
 from benchmark.records import Record, parquet_bytes, records_frame
-from benchmark.resolve import Plan, resolve
+from benchmark.resolve import Plan, replaced_set, resolve
 from benchmark.shard import Shard, shard_of
 from benchmark.sharing import (
     claimed_attack,
@@ -58,6 +58,8 @@ def load_prompts(set_name: str, file: str | None, column: str | None, limit: int
     """A task's prompts: a user's file, or a registered set (whose file check goes into ``checks``)."""
     if limit == 0:  # --max-prompts 0 / --max-benign 0: the set is not used, so not even read
         return set_name, []
+    if replaced_set(file):  # --prompts NAME of a registered set
+        set_name, file = replaced_set(file), None
     if file:
         return Path(file).name, load_prompt_file(file, column=column, limit=limit)
     spec = PROMPT_SETS.get(set_name)

@@ -171,11 +171,16 @@ def read_entry(path: Path) -> dict:
     return entry
 
 
+PUBLISHED_DIR = "published"
+
+
 def load_entries(root: Path) -> Results:
     """Every entry under ``root`` -> :class:`Results`. The worst-case ASR of a defense is recomputed from
     the per-prompt outcomes of its entries, exactly as a run computes it from its records."""
     root = Path(root)
-    entries = [read_entry(p) for p in sorted(root.rglob("*.json"))]
+    # Published papers' numbers (``published/<suite>/``) are read by ``compare --published`` one suite at a
+    # time; a folder that holds them beside measured entries renders the measured ones only.
+    entries = [read_entry(p) for p in sorted(root.rglob("*.json")) if PUBLISHED_DIR not in p.relative_to(root).parts]
     if not entries:
         raise ResultsNotFoundError(f"no leaderboard entries (*.json) under {root}")
     rows, broken, benign, judges, seen_defense = [], [], [], {}, set()
