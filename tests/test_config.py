@@ -103,3 +103,15 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     again = config_from_mapping(yaml.safe_load(config.to_yaml()))
     assert again == config
     json.dumps(config.to_dict())
+
+
+def test_prompts_take_a_registered_set_by_name_or_a_file():
+    from benchmark.resolve import replaced_set, resolve
+    from benchmark.runner import load_prompts
+
+    assert replaced_set("mini-unsafe-attack") == "mini-unsafe-attack" and replaced_set("nope.csv") is None
+    resolve(RunConfig(model="sd-mini", tasks=["mini-object"], prompts="mini-unsafe-attack"))  # a set: fine
+    with pytest.raises(ConfigError, match="no such file or registered prompt set"):
+        resolve(RunConfig(model="sd-mini", tasks=["mini-object"], prompts="mini-unsafe-atack"))
+    name, prompts = load_prompts("mini-object-attack", "mini-unsafe-attack", None, 3, None, [])
+    assert name == "mini-unsafe-attack" and len(prompts) == 3
