@@ -87,6 +87,12 @@ def build_report(results: Results, out_dir: Path, options: ReportOptions | None 
                 files.add(png, pdf)
             else:
                 log.info("no benign CLIP score in %s: robustness-utility scatter skipped", results.source)
+            figure = plots.scatter(tables, utility="fd")
+            if figure is not None:  # the image-quality axis papers report (FID on SD; clip-mini FD on sd-mini)
+                png, pdf = plots.save(figure, plot_dir, "scatter_robustness_fd")
+                overview.append(Figure(png, "Worst-case ASR vs. FD of benign images to the undefended model's "
+                                       "(lower is better); dashed: Pareto front", pdf))
+                files.add(png, pdf)
             if results.records is not None and results.store_root is not None and (
                     options.grid_prompts or options.grid_count > 0):
                 grid_figures = _grids(results, tables, out_dir / "grids", options, several_models)

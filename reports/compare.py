@@ -43,6 +43,7 @@ from reports.board import ALL_ATTACKS, NO_ATTACK, Results, estimate_of
 from reports.tables import order_attacks
 
 UTILITY_METRICS = ("clip_score", "retention")
+DISTANCE_METRICS = ("fd", "kid", "cmmd")  # benign images vs the undefended model's: lower is better
 
 
 @dataclass
@@ -234,6 +235,11 @@ def compare(base: Results, new: Results, options: CompareOptions | None = None) 
             n = estimate_of(new.board, model, task, defense, NO_ATTACK, metric)
             if b is not None and n is not None and not (math.isnan(b.value) or math.isnan(n.value)):
                 out.differences.append(_utility_difference(model, task, defense, metric, b, n, z, options))
+        for metric in DISTANCE_METRICS:
+            b = estimate_of(base.board, model, task, defense, NO_ATTACK, metric)
+            n = estimate_of(new.board, model, task, defense, NO_ATTACK, metric)
+            if b is not None and n is not None and not (math.isnan(b.value) or math.isnan(n.value)):
+                out.differences.append(_distance_difference(model, task, defense, metric, b, n, z, options))
     return out
 
 
@@ -286,6 +292,18 @@ def _utility_difference(model, task, defense, metric, base: Estimate, new: Estim
     return _utility_verdict(model, task, defense, metric, base, new, diff, diff - half, diff + half, options)
 
 
+def _distance_difference(model, task, defense, metric, base: Estimate, new: Estimate, z: float,
+                         options: CompareOptions) -> Difference:
+    """FD / KID / CMMD: a rise is a utility loss. Fails when it exceeds ``utility_tolerance`` x |BASE| and the
+    change's interval (the two bootstrap intervals' half-widths in quadrature) lies above 0."""
+    flipped = [Estimate(-e.value, e.n, -e.ci_high, -e.ci_low) for e in (base, new)]
+    verdict = _utility_difference(model, task, defense, metric, *flipped, z, options)
+    diff, low, high = -verdict.diff, -verdict.high, -verdict.low
+    reason = (f"{metric} rose {diff:.3g} (> tolerance {options.utility_tolerance * abs(base.value):.3g}), 95% "
+              f"interval of the change [{low:.3g}, {high:.3g}]") if verdict.regression else ""
+    return dataclasses.replace(verdict, base=base, new=new, diff=diff, low=low, high=high, reason=reason)
+
+
 def _fmt(metric: str, e: Estimate) -> str:
     if metric in ("asr", "worst_case_asr"):
         return f"{100 * e.value:5.1f}% n={e.n}"
@@ -306,7 +324,7 @@ def render(comparison: Comparison, base_name: str, new_name: str) -> str:
         unit = " pt" if rate else ""
         change = f"{scale * d.diff:+.1f} [{scale * d.low:+.1f}, {scale * d.high:+.1f}]{unit}" if rate else \
             f"{d.diff:+.2f} [{d.low:+.2f}, {d.high:+.2f}]"
-        improved = d.high < 0 if d.metric in ("asr", "worst_case_asr") else d.low > 0
+        improved = d.high < 0 if d.metric in ("asr", "worst_case_asr", *DISTANCE_METRICS) else d.low > 0
         verdict = "WORSE" if d.regression else "same" if d.diff == 0 else "better" if improved else "ok"
         lines.append(f"{d.model + '/' + d.task + '/' + d.defense:<40} {d.attack:<16} {d.metric:<15} "
                      f"{_fmt(d.metric, d.base):>14} {_fmt(d.metric, d.new):>14} {change:>28}  {verdict}")

@@ -27,6 +27,8 @@ def _number(value: float, kind: str) -> str:
         return f"{value:.2f}$\\times$"
     if kind == "seconds":
         return escape(fmt_seconds(value))
+    if kind == "distance":  # FD / KID / CMMD span orders of magnitude (a KID of 0.0049 is not 0.00)
+        return f"{value:.3g}"
     return f"{value:.2f}"
 
 

@@ -27,6 +27,7 @@ from reports.board import (
 )
 from reports.entries import load_entries
 from reports.leaderboard import broken_prompts, compute_leaderboard, judge_descriptions
+from reports.quality import quality_rows
 
 __all__ = ["BENIGN_COLUMNS", "BROKEN_COLUMNS", "Results", "benign_scores", "estimate_of", "load", "load_run",
            "prepare_rows"]
@@ -73,7 +74,7 @@ def load_run(run_dir: Path) -> Results:
     records = pd.read_parquet(records_path)
     store_root = run_dir.resolve().parent  # run directories live directly under the store root (--out)
     board = compute_leaderboard(records)
-    extra = prepare_rows(records, store_root)
+    extra = prepare_rows(records, store_root) + quality_rows(records, store_root)  # FD / KID / CMMD
     if extra:
         board = pd.concat([board, board_frame(extra)], ignore_index=True)
     provenance = {}
