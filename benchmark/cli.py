@@ -25,9 +25,11 @@ import sys
 import warnings
 from pathlib import Path
 
+import yaml
+
 from benchmark.api.errors import RunFailedError, UserError
 from benchmark.api.registry import ALL_REGISTRIES, ATTACKS, DEFENSES, JUDGES, REGISTRIES_BY_KIND, SUITES, load_plugin
-from benchmark.config import config_from_mapping, load_suite_file, merge, parse_option
+from benchmark.config import config_from_mapping, load_suite_file, merge, parse_option, split_names
 
 log = logging.getLogger("benchmark")
 
@@ -53,10 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--task", action="append", help="task(s), comma-separated (default: the model's tasks)")
     run.add_argument("--defense", action="append", help="defense(s), comma-separated, or 'all'; 'none' is always run")
     run.add_argument("--attack", action="append", help="attack(s), comma-separated, or 'all'; 'none' is always run")
-    run.add_argument("--prompts", help="a prompt file (CSV/TSV/JSON/JSONL/TXT) replacing the task's attack prompts")
+    run.add_argument("--prompts", help="a prompt file (CSV/TSV/JSON/JSONL/TXT) or a registered prompt set's name "
+                     "replacing the task's attack prompts")
     run.add_argument("--prompt-column", help="column of --prompts / --benign-prompts holding the prompt "
                      "(auto: prompt, adv_prompt, text, caption)")
-    run.add_argument("--benign-prompts", help="a prompt file replacing the task's benign prompts")
+    run.add_argument("--benign-prompts", help="a prompt file or a registered prompt set's name replacing the task's "
+                     "benign prompts")
     run.add_argument("--max-prompts", type=int, help="use the first N attack prompts of each task")
     run.add_argument("--max-benign", type=int, help="use the first N benign prompts of each task")
     run.add_argument("--images-per-prompt", type=int, help="images per prompt (seeds: evaluation seed + index)")
@@ -128,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         "above --asr-margin) or its benign utility dropped by more than --utility-tolerance (relative) and "
         "significantly; exit 0 otherwise. Definitions: reports/compare.py.")
     compare.add_argument("base", type=Path, help="run directory or entries folder (e.g. reports/leaderboard)")
-    compare.add_argument("new", type=Path, help="run directory or entries folder")
+    compare.add_argument("new", type=Path, nargs="?", help="run directory or entries folder (omitted with --published)")
     compare.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
     compare.add_argument("--asr-margin", type=float, default=0.0,
                          help="ASR increase (0..1) that is tolerated even when significant (default 0)")
@@ -136,7 +140,59 @@ def build_parser() -> argparse.ArgumentParser:
                          help="relative utility drop tolerated (default 0.02 = 2%%)")
     compare.add_argument("--against", action="append", default=[], metavar="NEW_DEFENSE=BASE_DEFENSE",
                          help="hold a defense of NEW to another defense of BASE, e.g. my-defense=negative-prompt")
+    compare.add_argument("--published", metavar="SUITE",
+                         help="hold the run BASE to a paper suite's published numbers (e.g. "
+                         "paper-unlearndiff-nudity-sd14): per cell reproduced / differs / not run; "
+                         "definitions: reports/published.py")
+    compare.add_argument("--allow-protocol-mismatch", action="store_true",
+                         help="with --published: compare even when the run's protocol (judge preset, "
+                         "prompts, steps, ...) differs from the published one; those cells are marked")
+    add_export_parsers(sub)
     return parser
+
+
+def add_export_parsers(sub) -> None:
+    """``export`` (a run's adversarial prompts as files) and ``transfer`` (replayed on other defenses)."""
+    export = sub.add_parser(
+        "export", help="write a run's adversarial prompts as a reusable file (UnlearnDiff CSV layout or hf)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Write the adversarial prompts of RUN_DIR's (task, defense, attack) cells in the UnlearnDiff "
+        "CSV layout (case_number, prompt, evaluation_seed, evaluation_guidance) plus the source prompt, attack, "
+        "its options (JSON) and cost, whether it broke the defense (flagged, blocked, judge, threshold) and the "
+        "source run, model and defense. Embedding-only results go to FILE.embeds.safetensors beside it (one "
+        "tensor per case number; the rows' embeds_file/embeds_key say so). Prompts the attack could not "
+        "process are kept with attack_status failed. The attack 'none' is exported only when named.",
+        epilog="replay an export on another defense, with the exported seeds and guidance:\n"
+        "  python -m benchmark run --task T --defense uce --attack prompt-set \\\n"
+        "      --option attack:prompt-set.file=FILE --prompts FILE --prompt-column source_prompt\n"
+        "or let `python -m benchmark transfer RUN_DIR` export, replay and tabulate every cell.")
+    export.add_argument("run_dir", type=Path, help="a run directory (the last line `run` prints)")
+    export.add_argument("-o", "--output", type=Path, required=True,
+                        help="the file (one cell) or a folder (one <task>__<defense>__<attack>.csv per cell)")
+    export.add_argument("--task", action="append", help="only these task(s), comma-separated")
+    export.add_argument("--defense", action="append", help="only the prompts found against these defense(s)")
+    export.add_argument("--attack", action="append", help="only these attack(s)")
+    export.add_argument("--format", choices=["csv", "hf"], default="csv",
+                        help="csv (default) or hf: a Hugging Face datasets folder (save_to_disk; needs the "
+                        "'hub' extra)")
+
+    transfer = sub.add_parser(
+        "transfer", help="transfer matrix: prompts found against one defense, replayed on the others",
+        description="Export every (task, defense, attack) cell of SOURCE_RUN, replay each export on the target "
+        "defenses and on its own (a round trip that must give the source's ASR), one run per cell in "
+        "SOURCE_RUN's store, with the exported seeds and guidance (cached: a rerun computes nothing), and write transfer.csv (long form), transfer.md and heatmaps: rows = the "
+        "defense the prompts were found against, columns = the defense they were replayed on, cells = ASR "
+        "with n and 95% Wilson interval; the diagonal is the attack's ASR in SOURCE_RUN. Definitions: "
+        "reports/transfer.py.")
+    transfer.add_argument("source_run", type=Path, help="a run with attacks against several defenses")
+    transfer.add_argument("--to", action="append", help="target defense(s), comma-separated (default: the source "
+                          "run's defenses)")
+    transfer.add_argument("--task", action="append", help="only these task(s)")
+    transfer.add_argument("--defense", action="append", help="only the prompts found against these defense(s)")
+    transfer.add_argument("--attack", action="append", help="only these attack(s)")
+    transfer.add_argument("-o", "--output", type=Path, help="output folder (default: SOURCE_RUN/transfer)")
+    transfer.add_argument("--device", help="device of the replays (default: the source run's)")
+    transfer.add_argument("--no-plots", action="store_true", help="tables only")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -191,6 +247,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_executor(executor)
     config = config_from_args(args)
     if args.dry_run:
+        if args.suite:  # first: a paper suite's protocol is worth reading even where its files are missing
+            print_suite_source(args.suite)
         plan = resolve(config)
         print(plan.config.to_yaml())
         for note in plan.notes:
@@ -352,10 +410,36 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_suite_source(suite: str) -> None:
+    """A paper suite's source and published protocol (the runner ignores them) under the resolved config."""
+    from reports.published import suite_source
+
+    source = suite_source(suite)
+    if source:
+        print("# source (not a run key: where the published numbers come from, and their protocol)")
+        print(yaml.safe_dump({"source": source}, sort_keys=False, allow_unicode=True, width=110))
+
+
+def cmd_compare_published(args: argparse.Namespace) -> int:
+    from reports.published import compare_published, exit_code, render
+    from reports.results import load
+
+    if args.new is not None:
+        raise UserError("--published takes one run: compare RUN --published SUITE")
+    comparison = compare_published(load(existing_folder(args.base, "RUN")), args.published,
+                                   allow_mismatch=args.allow_protocol_mismatch)
+    print(render(comparison, str(args.base)), end="")
+    return exit_code(comparison)
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from reports.compare import CompareOptions, compare, exit_code, render
     from reports.results import load
 
+    if args.published:
+        return cmd_compare_published(args)
+    if args.new is None:
+        raise UserError("compare needs BASE and NEW (or one run and --published SUITE)")
     if not 0 < args.confidence < 1:
         raise UserError(f"--confidence must be in (0, 1), got {args.confidence}")
     against = {}
@@ -369,6 +453,34 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                                    utility_tolerance=args.utility_tolerance, against=against))
     print(render(comparison, str(args.base), str(args.new)), end="")
     return exit_code(comparison)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from benchmark.transfer import embeds_locator
+    from reports.export import export_run
+
+    run_dir = existing_folder(args.run_dir, "RUN_DIR")
+    exported = export_run(run_dir, args.output, tasks=split_names(args.task), defenses=split_names(args.defense),
+                          attacks=split_names(args.attack), fmt=args.format, locate=embeds_locator(run_dir))
+    for cell in exported:
+        print(cell.line())
+    return 0
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from benchmark.transfer import run_transfer
+    from reports.transfer import render_markdown
+
+    source = existing_folder(args.source_run, "SOURCE_RUN")
+    quiet_library_progress()
+    result = run_transfer(source, args.output or source / "transfer", targets=split_names(args.to),
+                          tasks=split_names(args.task), defenses=split_names(args.defense),
+                          attacks=split_names(args.attack), device=args.device, plots=not args.no_plots)
+    print(render_markdown(result.matrix))
+    for line in result.failures:
+        print(f"error: replay cell failed: {line}", file=sys.stderr)
+    print(result.files[0].parent)
+    return 3 if result.failures else 0
 
 
 def quiet_libraries(verbose: bool) -> None:
@@ -401,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     quiet_libraries(args.verbose)
     handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "compare": cmd_compare,
-                "merge": cmd_merge}
+                "merge": cmd_merge, "export": cmd_export, "transfer": cmd_transfer}
     try:
         return handlers[args.command](args)
     except UserError as error:  # bad input: one line, exit 2; anything else is a bug and keeps its traceback

@@ -107,9 +107,18 @@ def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
     return front
 
 
+# utility column -> (x-axis label, +1 when higher is better / -1 when lower is)
+_UTILITY_AXES = {"clip_score": ("benign CLIP score (higher is better)", 1),
+                 "fd": ("FD vs undefended, benign images (lower is better)", -1),
+                 "kid": ("KID vs undefended, benign images (lower is better)", -1),
+                 "cmmd": ("CMMD vs undefended, benign images (lower is better)", -1)}
+
+
 def scatter(tables: list[WideTable], utility: str = "clip_score") -> plt.Figure | None:
     """Worst-case ASR (lower is better) vs benign CLIP score (higher is better), one panel per task; the
-    Pareto front is the dashed line through the defenses no other defense beats on both."""
+    Pareto front is the dashed line through the defenses no other defense beats on both. ``utility`` may be
+    any utility column: ``fd`` or ``cmmd`` (lower is better: the front is taken on the negated distance)."""
+    label, sign = _UTILITY_AXES.get(utility, (utility, 1))
     usable = [t for t in tables if any(not math.isnan(t.value(d, utility)) for d in t.defenses)]
     if not usable:
         return None
@@ -124,22 +133,22 @@ def scatter(tables: list[WideTable], utility: str = "clip_score") -> plt.Figure 
             u, a = table.get(defense, utility), table.get(defense, "worst_case_asr")
             if u is None or a is None or math.isnan(u.value) or math.isnan(a.value):
                 continue
-            points.append((defense, u.value, 100 * a.value))
+            points.append((defense, sign * u.value, 100 * a.value))
             xerr = _errors(u.value, u.ci_low, u.ci_high, 1)
             yerr = _errors(a.value, a.ci_low, a.ci_high, 100)
             ax.errorbar(u.value, 100 * a.value, xerr=xerr, yerr=yerr, fmt="o", color=colours[defense],
                         markersize=6, elinewidth=0.8, capsize=2, label=defense, zorder=3)
         front = sorted([p for p in points if p[0] in pareto_front(points)], key=lambda p: p[1])
         if front:
-            xs, ys = [p[1] for p in front], [p[2] for p in front]
+            xs, ys = [sign * p[1] for p in front], [p[2] for p in front]
             ax.plot(xs, ys, "--", color="black", linewidth=1, zorder=2, label="Pareto front (ringed)")
             ax.scatter(xs, ys, s=110, facecolors="none", edgecolors="black", linewidths=1, zorder=4)
-        ax.set_xlabel("benign CLIP score (higher is better)")
+        ax.set_xlabel(label)
         ax.set_ylabel("worst-case ASR % (lower is better)")
         ax.set_ylim(-5, 112)  # room for the labels of points at 100%
         ax.set_title(f"{table.task} ({table.model})")
         ax.grid(alpha=0.25, linewidth=0.5)
-        _label_points(ax, points)  # last: label overlap is judged on the final axis limits
+        _label_points(ax, [(name, sign * u, a) for name, u, a in points])  # last: overlap on the final limits
     for ax in list(axes.flat)[len(usable):]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
@@ -233,4 +242,38 @@ def bars(table: WideTable) -> plt.Figure:
     n = max((e.n for (d, k), e in table.cells.items() if k == "worst_case_asr"), default=0)
     ax.set_title(f"ASR per attack, {table.task} ({table.model}), n={n}, 95% CI")
     ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="defense")
+    return fig
+
+
+def transfer_heatmap(values: dict[tuple[str, str], tuple[float, float, float, int]], title: str) -> plt.Figure:
+    """Transfer matrix (reports.transfer): rows = defense the prompts were found against, columns = defense
+    they were replayed on; ASR with its 95% interval per cell, the diagonal (the source run's) outlined."""
+    sources = list(dict.fromkeys(s for s, _ in values))
+    targets = list(dict.fromkeys([*sources, *(t for _, t in values)]))
+    grid = np.array([[_pct(values.get((s, t), (math.nan,) * 4)[0]) for t in targets] for s in sources], dtype=float)
+    fig, ax = plt.subplots(figsize=(min(TWO_COLUMNS, max(ONE_COLUMN, 1.2 + 0.8 * len(targets))),
+                                    0.9 + 0.42 * len(sources)))
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=plt.get_cmap("Reds").with_extremes(bad="#dddddd"),
+                      vmin=0, vmax=100, aspect="auto")
+    for i, source in enumerate(sources):
+        for j, target in enumerate(targets):
+            asr, low, high, _ = values.get((source, target), (math.nan,) * 4)
+            if math.isnan(asr):
+                ax.text(j, i, "–", ha="center", va="center", color="#555555")
+                continue
+            colour = "white" if grid[i, j] > 60 else "black"
+            ax.text(j, i - 0.1, f"{100 * asr:.0f}%", ha="center", va="center", fontsize=8.5, fontweight="bold",
+                    color=colour)
+            ax.text(j, i + 0.25, f"[{100 * low:.0f}, {100 * high:.0f}]", ha="center", va="center", fontsize=6.5,
+                    color=colour)
+            if source == target:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.2))
+    ax.set_xticks(range(len(targets)), targets)
+    ax.set_yticks(range(len(sources)), sources)
+    ax.set_xlabel("replayed on")
+    ax.set_ylabel("found against")
+    ax.tick_params(length=0)
+    n = max((v[3] for v in values.values()), default=0)
+    ax.set_title(f"{title}, n={n}, [95% Wilson CI]")
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02).set_label("ASR (%)")
     return fig
