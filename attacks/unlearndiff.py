@@ -191,6 +191,12 @@ class UnlearnDiff(Attack):
         plain = DefendedPipeline(ctx.defended.model, ctx.defended.defense, ctx.task)
         return DefendedPipeline.noise_prediction(plain, latents, t, cond, guidance_scale=1.0)
 
+    def _extra_loss(self, ctx, states: list[_State], cond: torch.Tensor, scheduler) -> torch.Tensor | None:
+        """Hook for subclasses (``switch-aware``): a term added to the summed diffusion loss of an
+        iteration, given the active prompts, their differentiable conditional embeddings ``cond`` (one row
+        per state) and the run's scheduler (timesteps set). UnlearnDiff itself adds nothing."""
+        return None
+
     def _attack_batch(self, ctx, states: list[_State], budget: dict[str, Any]) -> None:
         pipe = ctx.defended.pipe
         tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
@@ -243,7 +249,9 @@ class UnlearnDiff(Attack):
                 idx = [i for i, st in enumerate(active) if st.guidance == guidance]
                 eps = self._noise_prediction(ctx, x_t[idx], t, cond[idx], guidance)
                 losses.append((eps.float() - noise[idx].float()).pow(2).mean(dim=(1, 2, 3)).sum())
-            torch.stack(losses).sum().backward()
+            loss = torch.stack(losses).sum()
+            extra = self._extra_loss(ctx, active, cond, scheduler)
+            (loss if extra is None else loss + extra).backward()
             optimizer.step()
             for st in active:
                 st.iterations += 1
@@ -265,7 +273,7 @@ class UnlearnDiff(Attack):
         budget = self.resolved(ctx.model.name, ctx.task.name)
         tokenizer = ctx.defended.pipe.tokenizer
         outputs: dict[str, AttackOutput] = {}
-        bar = tqdm(total=len(prompts), desc=f"unlearndiff {ctx.task.name}", leave=False)
+        bar = tqdm(total=len(prompts), desc=f"{self.name} {ctx.task.name}", leave=False)
         step = max(1, self.options.batch_size)
         for i in range(0, len(prompts), step):
             chunk = prompts[i:i + step]

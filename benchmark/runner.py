@@ -197,8 +197,8 @@ def execute(config: RunConfig, *, shard: Shard | None = None, collect: bool = Fa
                 for attack_name in config.attacks:
                     attack = ATTACKS.get(attack_name)(**config.attack_options.get(attack_name, {}))
                     if not attack.allowed_against(defense):
-                        notes.append(f"attack {attack_name} skipped against {defense_name}: its threat model "
-                                     f"({attack.threat_model.value}) does not apply")
+                        notes.append(f"attack {attack_name} skipped against {defense_name}: "
+                                     f"{attack.not_applicable_reason(defense)}")
                         continue
                     if collect:
                         outcome, absent = read_attack(attack, attack_prompts, sampler_dict, store, model.key,

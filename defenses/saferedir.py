@@ -26,6 +26,11 @@ decision at step 0 is made before the pipeline is called (diffusers has no callb
 step), so every step, the first included, is guarded. For white-box attacks, :meth:`conditioning` is the
 same decision and edit without sampling state: gradients flow through the redirected embedding (the
 delta, mask and alpha heads and the original tokens), while the unsafe decision is a hard switch.
+That decision is exposed as :meth:`SafeRedirPipeline.decision_logit`: ``logit(p_unsafe) -
+logit(threshold)`` = ``(l_unsafe - l_safe) - log(threshold / (1 - threshold))`` from the classifier's two
+logits, positive exactly where ``p_unsafe >= threshold`` redirects (up to float rounding at the boundary;
++inf at threshold 0, -inf above 1). It reads what the stateless check reads (the original embedding), and
+the switch goes through :meth:`DefendedPipeline.switch`, so an attack may pass straight-through gradients.
 
 Training (no code was released for it) is designed in :mod:`defenses.saferedir_train`. The trained
 redirector is an artifact of the prepare stage, cached per (model, task, training options); sd-mini's
@@ -43,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -162,21 +168,29 @@ class SafeRedirPipeline(DefendedPipeline):
         out = self.redirector(latents.to(dtype), torch.as_tensor(timestep, device=latents.device), prompt.to(dtype))
         return out
 
-    def decide_and_edit(self, latents, timestep, original, current=None):
-        """Returns (unsafe mask (B,), edited embedding (B,T,D)) for one check."""
+    def _check_outputs(self, latents, timestep, original, current=None):
         b = self.behaviour
         read = current if (b.classify_edited and current is not None) else original
         out = self._redirect_output(latents, timestep, read)
         unsafe = out.unsafe_probability >= b.threshold
         edited = redirect(original, out, alpha_scale=b.alpha_scale, mask_again=b.mask_again)
+        return unsafe, edited, out
+
+    def decide_and_edit(self, latents, timestep, original, current=None):
+        """Returns (unsafe mask (B,), edited embedding (B,T,D)) for one check."""
+        unsafe, edited, _ = self._check_outputs(latents, timestep, original, current)
         return unsafe, edited
 
     def conditioning(self, cond_embeds, latents, timestep):
         """Stateless check-and-redirect (white-box attacks): a hard switch per sample; gradients flow
         through the redirected embedding of the samples that are redirected and through the original one
-        of the others."""
-        unsafe, edited = self.decide_and_edit(latents, timestep, cond_embeds)
-        return torch.where(unsafe[:, None, None], edited, cond_embeds)
+        of the others (and, inside ``straight_through_switch``, through the decision)."""
+        unsafe, edited, out = self._check_outputs(latents, timestep, cond_embeds)
+        return self.switch(unsafe, threshold_logit(out.logits, self.behaviour.threshold), edited, cond_embeds)
+
+    def decision_logit(self, latents, timestep, cond_embeds):
+        """``logit(p_unsafe) - logit(threshold)`` per sample: > 0 where this step's check redirects."""
+        return threshold_logit(self._redirect_output(latents, timestep, cond_embeds).logits, self.behaviour.threshold)
 
     def noise_prediction(self, latents, timestep, cond_embeds, *, guidance_scale):
         if not self.behaviour.edit_uncond or guidance_scale == 1.0:
@@ -244,6 +258,19 @@ class SafeRedirPipeline(DefendedPipeline):
         return uncond + (state.current - state.original)
 
 
+def threshold_logit(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``p_unsafe >= threshold`` as a logit: ``(l_unsafe - l_safe) - log(threshold / (1 - threshold))``, with
+    ``p_unsafe = softmax(logits)[1] = sigmoid(l_unsafe - l_safe)`` (float32, like the decision)."""
+    score = logits[:, 1].float() - logits[:, 0].float()
+    if threshold <= 0:  # always redirects
+        return score + math.inf
+    if threshold > 1:  # never redirects (the option's 1.01)
+        return score - math.inf
+    if threshold == 1:  # only a saturated p_unsafe == 1.0 redirects: float32 softmax reaches 1.0 at 16.63554
+        return score - 16.63554
+    return score - math.log(threshold / (1 - threshold))
+
+
 class RedirectCallback(PipelineCallback):
     """diffusers ``callback_on_step_end``: after step i, check the samples that are due with the latents
     of step i+1 and hand the pipeline the (possibly) redirected ``prompt_embeds`` for the next step."""
@@ -272,6 +299,7 @@ class SafeRedir(Defense):
 
     kind = DefenseKind.INFERENCE_TIME
     differentiable = True  # through the redirected embedding; the unsafe decision is a hard switch
+    exposes_decision = True  # SafeRedirPipeline.decision_logit: the classifier against its threshold
     version = "2"  # 2: the artifact carries a threshold calibrated on held-out safe prompts
     Options = SafeRedirOptions
 

@@ -31,6 +31,10 @@ DEFAULT_CONFIG_HASHES = {
     "prompt-set": "87b10dbd9d194355",
     "ring-a-bell": "887fa2e55d0b7a57",
     "unlearndiff": "1e36e707dc964371",
+    "switch-aware": "290da5e640c5fbd7",
+    "mma-diffusion": "2db758bb82ac4c52",
+    "concept-inversion": "df9d2870dc4179dc",
+    "p4d": "5f9e697c41aad2d4",
 }
 
 # (attack, option, bad value, what the message must say is allowed)
@@ -48,6 +52,17 @@ BAD_VALUES = [
     ("unlearndiff", "check_every", 0, "x >= 1"),
     ("unlearndiff", "tokens", 0, "x >= 1"),
     ("unlearndiff", "batch_size", 0, "x >= 1"),
+    ("concept-inversion", "steps", -1, "x >= 0"),
+    ("concept-inversion", "images", 0, "x >= 1"),
+    ("concept-inversion", "lr", 0, "x > 0"),
+    ("concept-inversion", "preset", "huge", "one of auto, paper, mini"),
+    ("switch-aware", "mode", "soft", "one of penalty, bpda, both"),
+    ("switch-aware", "tau", 0, "x > 0"),
+    ("switch-aware", "margin", -1, "x >= 0"),
+    ("p4d", "variant", "m", "one of n, k"),
+    ("p4d", "every_k", 0, "x >= 1"),
+    ("p4d", "iterations", -1, "x >= 0"),
+    ("p4d", "lr", 0, "x > 0"),
     ("ring-a-bell", "population", 0, "x >= 2"),
     ("ring-a-bell", "population", 1, "x >= 2"),
     ("ring-a-bell", "generations", -1, "x >= 0"),
@@ -56,6 +71,13 @@ BAD_VALUES = [
     ("ring-a-bell", "tokens", 0, "x >= 1"),
     ("ring-a-bell", "preset", "huge", "one of auto, paper, mini"),
     ("ring-a-bell", "prompts_per_pass", 0, "x >= 1"),
+    ("mma-diffusion", "steps", 0, "x >= 1"),
+    ("mma-diffusion", "topk", 0, "x >= 1"),
+    ("mma-diffusion", "candidates", 0, "x >= 1"),
+    ("mma-diffusion", "tokens", 0, "x >= 1"),
+    ("mma-diffusion", "restarts", 0, "x >= 1"),
+    ("mma-diffusion", "embedding", "mean", "one of pooled, sequence"),
+    ("mma-diffusion", "preset", "huge", "one of auto, paper, mini"),
 ]
 
 

@@ -29,7 +29,11 @@ FAST_ATTACKS = {
     "paraphrase": {"candidates": 6},
     "ring-a-bell": {"preset": "mini", "population": 4, "generations": 1, "tokens": 3},
     "unlearndiff": {"preset": "mini", "iterations": 2, "check_every": 1},
+    "p4d": {"preset": "mini", "iterations": 2, "check_every": 1},
+    "switch-aware": {"preset": "mini", "iterations": 2, "check_every": 1},
     "prompt-set": {"set": "mini-object-attack"},
+    "concept-inversion": {"preset": "mini", "steps": 2, "images": 2, "batch_size": 2},
+    "mma-diffusion": {"preset": "mini", "steps": 2, "candidates": 4, "tokens": 3},
 }
 JUDGE_OPTIONS = {
     "clip-score": {"model": "tiny-random"},

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from benchmark.api.errors import PathEscapeError, UserError
-from benchmark.api.registry import DEFENSES, TASKS, Registry, UnknownEntryError, load_plugin, scan_code_package
+from benchmark.api.registry import ATTACKS, DEFENSES, TASKS, Registry, UnknownEntryError, load_plugin, scan_code_package
 from benchmark.models.mini import TASKS as MINI_TASKS
 
 
@@ -81,6 +81,21 @@ def test_a_broken_builtin_file_is_a_clear_error(tmp_path, monkeypatch):
 def test_one_class_may_carry_two_names():
     assert DEFENSES.get("esd-x") is not DEFENSES.get("esd-u")
     assert DEFENSES.get("esd-x").name == "esd-x" and DEFENSES.get("esd-u").name == "esd-u"
+
+
+def test_a_registered_subclass_takes_its_own_name_not_its_parents():
+    widgets = Registry("widgets", "WIDGETS")
+
+    @widgets.register("parent")
+    class Parent:
+        pass
+
+    @widgets.register("child")
+    class Child(Parent):
+        pass
+
+    assert (Parent.name, Child.name) == ("parent", "child")
+    assert ATTACKS.get("switch-aware").name == "switch-aware" and ATTACKS.get("p4d").name == "p4d"
 
 
 def test_did_you_mean():

@@ -154,6 +154,10 @@ class Attack(Component):
             return bool(getattr(defense, "differentiable", True))
         return True
 
+    def not_applicable_reason(self, defense: Any) -> str:
+        """Why :meth:`allowed_against` refuses ``defense`` (the run's note); override with your own rule."""
+        return f"its threat model ({self.threat_model.value}) needs gradients, which this defense does not pass"
+
     @abstractmethod
     def run(self, prompts: list[Prompt], ctx: AttackContext) -> list[AttackOutput]:
         """One output per prompt, in order."""

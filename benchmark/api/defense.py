@@ -16,7 +16,8 @@ Kinds:
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -139,6 +140,47 @@ class DefendedPipeline:
         eps_uncond, eps_cond = both.chunk(2)
         return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 
+    # ------------------------------------------------------------------ the switch (attacks on the decision)
+    # Defenses that intervene only where a classifier decides to (SafeRedir) expose that decision, so that
+    # an adaptive attack can attack it (Tramer et al. 2020) instead of slipping under it by accident.
+    _switch_tau: float | None = None
+
+    def decision_logit(self, latents: torch.Tensor, timestep: torch.Tensor | int,
+                       cond_embeds: torch.Tensor) -> torch.Tensor | None:
+        """Per sample ``(batch,)``: a differentiable logit of the defense's decision at one denoising step,
+        on the inputs of :meth:`conditioning` (``timestep`` a scalar or one per sample). Positive where the
+        defense intervenes (the boundary itself follows the defense's own comparison), and monotone in the
+        defense's score, so lowering it moves a sample towards "left alone". Differentiable w.r.t.
+        ``cond_embeds``. None (the default): the defense has no switch; :attr:`Defense.exposes_decision`
+        says so before any work."""
+        return None
+
+    def switch(self, decision: torch.Tensor, logit: torch.Tensor, intervened: torch.Tensor,
+               untouched: torch.Tensor) -> torch.Tensor:
+        """Apply a hard per-sample decision (``decision`` bool ``(batch,)``): ``intervened`` where it is
+        true, ``untouched`` elsewhere. Switching defenses route their decision through here so that, inside
+        :meth:`straight_through_switch`, the forward value stays exactly the hard one while the gradient is
+        that of the soft mix ``sigmoid(logit / tau) * intervened + (1 - sigmoid) * untouched`` (BPDA,
+        Athalye et al. 2018); outside it, the decision passes no gradient, as in sampling."""
+        shape = (-1,) + (1,) * (intervened.dim() - 1)
+        hard = torch.where(decision.reshape(shape), intervened, untouched)
+        if self._switch_tau is None:
+            return hard
+        weight = torch.sigmoid(logit.float() / self._switch_tau).to(intervened.dtype).reshape(shape)
+        soft = weight * intervened + (1 - weight) * untouched
+        return hard + (soft - soft.detach())  # forward: hard (x - x is exactly 0); backward: soft
+
+    @contextmanager
+    def straight_through_switch(self, tau: float) -> Iterator[None]:
+        """Within the block, :meth:`switch` passes straight-through gradients with temperature ``tau``."""
+        if not tau > 0:
+            raise ValueError(f"straight_through_switch: tau must be > 0, got {tau}")
+        previous, self._switch_tau = self._switch_tau, float(tau)
+        try:
+            yield
+        finally:
+            self._switch_tau = previous
+
     def close(self) -> None:
         """Undo whatever :meth:`Defense.apply` changed on the shared base pipeline."""
 
@@ -156,6 +198,9 @@ class Defense(Component):
     # attacks need it to be adaptive. A hard switch (a classifier's decision) can still pass gradients
     # through the branch it took.
     differentiable: ClassVar[bool] = True
+    # Whether its pipeline exposes a hard decision through :meth:`DefendedPipeline.decision_logit`
+    # (attacks on the switch, e.g. ``switch-aware``, apply only to these).
+    exposes_decision: ClassVar[bool] = False
 
     def supports(self, model_name: str) -> bool:
         return "*" in self.supported_models or model_name in self.supported_models

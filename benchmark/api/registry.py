@@ -115,7 +115,9 @@ class Registry(Generic[T]):
             if existing.source == "builtin" and source == "builtin":
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
             log.warning("%s '%s' from %s replaces the %s entry", self.kind, name, source, existing.source)
-        if isinstance(obj, type) and not getattr(obj, "name", None):
+        # A class takes its registered name unless it declares its own; a subclass of a registered class
+        # (switch-aware of unlearndiff) must not inherit its parent's name, or its cells and logs would say so.
+        if isinstance(obj, type) and not obj.__dict__.get("name"):
             obj.name = name  # type: ignore[attr-defined]
         keep_source = existing.source if existing is not None and existing.obj is None else source
         self._entries[name] = Entry(name=name, description=desc, obj=obj, source=keep_source)
