@@ -23,12 +23,16 @@ Algorithm box (one ``v*`` per (model, task, defense); learned once and shared by
 4. Step: a batch of ``batch_size`` training images (shuffled epochs), one timestep ``t`` drawn from the
    sampler's timesteps, fresh noise ``eps``; loss ``|| eps_theta(x_t, t, c(caption with v*)) - eps ||^2``;
    AdamW (betas 0.9/0.999, eps 1e-8, weight decay ``weight_decay``).
-   * adaptive (default): ``eps_theta`` = ``ctx.defended.noise_prediction(..., guidance_scale=g)`` at the
-     sampler's guidance ``g``: the defended sampler's own step (a conditioning hook, the negative prompt's
-     unconditional branch, SLD's guidance are inside the loss; see UnlearnDiff's docstring for why guidance
-     is needed). The upstream repository instead adapts the loss by hand per defense (one script per
-     defense); ``t`` comes from the sampler's timesteps, not from all 1000 training steps as upstream, so
-     that step-dependent defenses (SLD's warm-up, SAFREE's step switch) see the step index they sample with.
+   * adaptive (default): ``eps_theta`` = ``ctx.defended.noise_prediction(..., guidance_scale=1)``: the
+     defended sampler's conditional prediction, so a conditioning hook (SafeRedir's redirection, SAFREE's
+     projection) and a weight edit are inside the loss. Guidance 1, unlike UnlearnDiff: textual inversion
+     fits a *denoiser* of the training images, and the guided prediction ``eps_u + g (eps_c - eps_u)`` is not
+     one; fitting it drives ``v*`` away from the concept (measured on held-out mini-object prompts,
+     undefended sd-mini, mini budget: ASR 0/10 with the guided loss at g = 5, 10/10 at guidance 1, 10/10 with
+     ``steps=0``, i.e. ``v*`` = the concept word). A guidance-based defense's unconditional branch (negative
+     prompt, SLD) is therefore not in the loss; the upstream repository adapts its loss by hand per defense
+     (one script per defense). ``t`` comes from the sampler's timesteps, not from all 1000 training steps as
+     upstream, so that step-dependent defenses (SAFREE's step switch) see the step index they sample with.
    * non-adaptive (``adaptive=false``): the bare UNet of the defended pipeline, conditional prediction
      (guidance 1): upstream's loss against a weight-edited UNet (its ESD script).
 5. Output per prompt: the full prompt embedding ``(seq, dim)`` the pipeline would compute for the prompt with
@@ -102,7 +106,7 @@ class ConceptInversionOptions:
     lr: Annotated[float | None, Field(gt=0, allow_inf_nan=False)] = None  # AdamW learning rate; None: the preset's
     weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.01  # AdamW weight decay (upstream 1e-2)
     init_word: Annotated[str | None, Field(min_length=1)] = None  # v*'s initial word; None: the task's first concept word
-    adaptive: bool = True  # loss through the defended sampler (False: bare UNet, conditional, guidance 1)
+    adaptive: bool = True  # loss through the defended sampler's conditional step (False: the bare UNet)
     seed: int = 0  # seed of the training images, batches, timesteps and noise
 
 
@@ -180,7 +184,9 @@ class ConceptInversion(Attack):
 
     def config(self) -> dict[str, Any]:
         # The presets' values enter the cell keys: changing a preset must not reuse results of the old one.
-        return {**super().config(), "presets": {"paper": PAPER, "mini": MINI}, "split_seed": SPLIT_SEED}
+        # "loss": the guidance of the fitted prediction (cells of the earlier guided loss are not reused)
+        return {**super().config(), "presets": {"paper": PAPER, "mini": MINI}, "split_seed": SPLIT_SEED,
+                "loss": "conditional"}
 
     def budget(self) -> dict[str, Any]:
         return {"paper": dict(PAPER), "mini": dict(MINI), "weight_decay": self.options.weight_decay,
@@ -276,7 +282,7 @@ class ConceptInversion(Attack):
         """v* for ``ctx``'s (model, task, defense): the box's steps 1-4. Returns v* and its record."""
         pipe = ctx.defended.pipe
         tokenizer = pipe.tokenizer
-        guidance = float(ctx.sampler["guidance_scale"]) if self.options.adaptive else 1.0
+        guidance = 1.0  # both modes fit the conditional denoiser (see step 4 of the box)
         pattern = concept_pattern(ctx.task.concept_words)
         texts = self.training_prompts(ctx.task, budget["images"])
         x0 = self._images(ctx, texts, float(ctx.sampler["guidance_scale"]))

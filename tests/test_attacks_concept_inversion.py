@@ -128,8 +128,9 @@ def test_adaptive_loss_goes_through_the_defended_sampler_and_the_switch_bypasses
     prompts = [Prompt("0", "a church", seed=1), Prompt("1", "a house", seed=2)]
     defended = Recording(tiny, None, TOY)
     out = ConceptInversion(steps=2, images=2, batch_size=2).run(prompts, context(tiny, defended, TOY, TINY_SAMPLER))
-    # two fixed-noise evaluations of 2 images + 2 steps, all at the sampler's guidance
-    assert defended.guidance == [5.0] * 6
+    # two fixed-noise evaluations of 2 images + 2 steps, all on the conditional step (guidance 1: the box's
+    # step 4; the sampler's guidance 5 would fit a guided prediction, which is no denoiser)
+    assert defended.guidance == [1.0] * 6
     assert [o.text for o in out] == [None, None] and out[0].embeds.shape == (77, 32)
     assert [o.meta["placeholder"] for o in out] == ["replaced", "prepended"]
     plain = Recording(tiny, None, TOY)

@@ -33,7 +33,7 @@ DEFAULT_CONFIG_HASHES = {
     "unlearndiff": "1e36e707dc964371",
     "switch-aware": "290da5e640c5fbd7",
     "mma-diffusion": "2db758bb82ac4c52",
-    "concept-inversion": "df9d2870dc4179dc",
+    "concept-inversion": "8d899339283d468a",
     "p4d": "5f9e697c41aad2d4",
 }
 
