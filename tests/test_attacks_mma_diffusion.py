@@ -95,7 +95,7 @@ def loss_of(attack, model, tokens, text, embedding="pooled"):
 
 
 def test_gcg_best_so_far_never_rises_and_the_similarity_climbs(model):
-    attack = MMADiffusion(preset="mini", steps=12, candidates=16)
+    attack = MMADiffusion(preset="mini", steps=12, candidates=16, embedding="pooled")  # upstream loss
     budget = attack.resolved_budget("sd-mini")
     text = PROMPTS[0].text
     target = attack.targets(model.pipe, [text], budget.embedding)

@@ -157,7 +157,7 @@ def test_prompt_set_fails_unmatched_prompts_with_its_declared_reason(tmp_path):
     prompts.write_text("case_number,prompt\n0,a chapel\n")
     attack = ATTACKS.get("prompt-set")(file=str(prompts))
     matched, unmatched = attack.run([Prompt("0", "a church"), Prompt("9", "a church")],
-                                    SimpleNamespace(data_dir=None, task=TOY))
+                                    SimpleNamespace(data_dir=None, task=TOY, sampler={"guidance_scale": 5.0, "seed": 0}))
     assert matched.status == "ok" and matched.text == "a chapel"
     assert unmatched.status == "failed" and unmatched.reason == "no-counterpart" and unmatched.reason in attack.failures
 
