@@ -48,6 +48,8 @@ from reports.entries import SCHEMA, entry_path, read_entry
 PUBLISHED_ROOT = Path(__file__).resolve().parent / "leaderboard" / "published"
 REPRODUCED, DIFFERS, NOT_RUN, NOT_REGISTERED, FAILED = (
     "reproduced", "differs", "not run", "not registered", "failed")
+# Inside our interval, but under another protocol (--allow-protocol-mismatch): never called a reproduction.
+NOT_REPRODUCED = "within interval, not reproduced"
 # protocol key -> records column it is checked against (attack rows; judge columns on concept-judge rows)
 RECORD_FIELDS = {
     "model": "model", "prompt_set": "prompt_set", "num_inference_steps": "num_inference_steps",
@@ -243,15 +245,21 @@ def _cell(entry: dict, results: Results, failed: set, mismatched: bool) -> Cell:
     if not pub.get("registered", True):
         cell.verdict, cell.note = NOT_REGISTERED, pub.get("note", "not registered here")
         return cell
-    if (model, task, defense, attack) in failed:
+    # With --allow-protocol-mismatch a run on another model (sd14-shaped for sd-1.4) is read in its place.
+    run_models = _distinct(results.records, "model")
+    ours_model = run_models[0] if mismatched and len(run_models) == 1 else model
+    if (ours_model, task, defense, attack) in failed:
         cell.verdict = FAILED
         return cell
-    ours = estimate_of(results.board, model, task, defense, attack, "asr")
+    ours = estimate_of(results.board, ours_model, task, defense, attack, "asr")
     if ours is None:
         return cell
     cell.ours = ours
-    cell.verdict = REPRODUCED if ours.ci_low - 1e-12 <= value <= ours.ci_high + 1e-12 else DIFFERS
+    inside = ours.ci_low - 1e-12 <= value <= ours.ci_high + 1e-12
+    cell.verdict = (NOT_REPRODUCED if mismatched else REPRODUCED) if inside else DIFFERS
     notes = ["protocol differs"] if mismatched else []
+    if ours_model != model:
+        notes.append(f"ours on {ours_model}")
     if pub.get("verified") is False:
         notes.append("published number unverified")
     cell.note = "; ".join(notes)
@@ -272,7 +280,7 @@ def render(comparison: PublishedComparison, run_name: str) -> str:
                      f"{ours:>26}  {verdict}")
     lines += ["", "sources:"] + sorted({f"  {c.citation}" for c in comparison.cells})
     counts = {v: sum(c.verdict == v for c in comparison.cells)
-              for v in (REPRODUCED, DIFFERS, FAILED, NOT_RUN, NOT_REGISTERED)}
+              for v in (REPRODUCED, NOT_REPRODUCED, DIFFERS, FAILED, NOT_RUN, NOT_REGISTERED)}
     lines += ["", ", ".join(f"{n} {v}" for v, n in counts.items())]
     return "\n".join(lines) + "\n"
 
@@ -280,5 +288,5 @@ def render(comparison: PublishedComparison, run_name: str) -> str:
 def exit_code(comparison: PublishedComparison) -> int:
     """1 when a cell differs or failed, or when no cell could be compared; 0 otherwise."""
     verdicts = [c.verdict for c in comparison.cells]
-    compared = [v for v in verdicts if v in (REPRODUCED, DIFFERS)]
+    compared = [v for v in verdicts if v in (REPRODUCED, NOT_REPRODUCED, DIFFERS)]
     return 1 if DIFFERS in verdicts or FAILED in verdicts or not compared else 0

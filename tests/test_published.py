@@ -128,6 +128,7 @@ def test_protocol_mismatch_is_refused_with_the_field_named(tmp_path, capsys, pro
     assert any(field in m for m in allowed.mismatches)
     compared = [c for c in allowed.cells if c.ours is not None]
     assert compared and all("protocol differs" in c.note for c in compared)
+    assert all(c.verdict != REPRODUCED for c in allowed.cells)  # another protocol is never a reproduction
 
 
 def test_fewer_prompts_is_a_protocol_mismatch(tmp_path):
