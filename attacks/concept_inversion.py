@@ -74,10 +74,9 @@ import torch
 from pydantic import Field
 
 from attacks import _text
-from attacks.unlearndiff import _PRISTINE
+from attacks.unlearndiff import undefended_pipe
 from benchmark.api.attack import Attack, AttackOutput, ThreatModel, preset_budget
-from benchmark.api.defense import DefendedPipeline, DefenseKind
-from benchmark.api.model import get_model_spec
+from benchmark.api.defense import DefendedPipeline
 from benchmark.api.registry import ATTACKS
 from benchmark.api.sampling import initial_latents
 from benchmark.hashing import stable_hash
@@ -201,25 +200,8 @@ class ConceptInversion(Attack):
         return [TEMPLATES[i % len(TEMPLATES)].format(words[i % len(words)]) for i in range(n)]
 
     def _base_pipe(self, ctx: Any) -> Any:
-        """The undefended pipeline: the shared one unless a weight edit is applied to it right now (then a
-        pristine copy, the one UnlearnDiff's targets use)."""
-        if getattr(ctx.defended.defense, "kind", None) is not DefenseKind.WEIGHT_EDIT:
-            return ctx.model.pipe
-        if ctx.model.key not in _PRISTINE:
-            log.info("concept-inversion: loading a pristine %s for the training images", ctx.model.name)
-            try:
-                _PRISTINE[ctx.model.key] = get_model_spec(ctx.model.name).load(ctx.model.device, ctx.model.dtype)
-            except Exception as error:
-                raise RuntimeError(
-                    f"concept-inversion draws its training images with the undefended {ctx.model.name}, but a "
-                    f"weight-edit defense has edited the shared pipeline and reloading the model by name failed "
-                    f"({error}); attack the undefended model first in the same run (--defense none,...: its "
-                    "images are reused) or register the model by name") from error
-        pristine = _PRISTINE[ctx.model.key]
-        if pristine.key != ctx.model.key:
-            raise RuntimeError(f"concept-inversion: reloading {ctx.model.name} gave other weights "
-                               f"({pristine.key} != {ctx.model.key}); cannot draw undefended training images")
-        return pristine.pipe
+        """The undefended pipeline (a pristine copy under a weight edit, the one UnlearnDiff's targets use)."""
+        return undefended_pipe(ctx, self.name, "its training images")
 
     def _images(self, ctx: Any, texts: list[str], guidance: float) -> torch.Tensor:
         """Final latents of the undefended model for ``texts`` (seed ``seed`` + index), cached per run."""

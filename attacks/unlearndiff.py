@@ -105,6 +105,28 @@ _PRISTINE: dict[str, Any] = {}  # model key -> a base model loaded apart from th
 _TARGETS: dict[tuple, torch.Tensor] = {}  # target latents, reused by every defense of a run
 
 
+def undefended_pipe(ctx, attack: str, purpose: str):
+    """The undefended pipeline (shared by the white-box attacks that draw from it): the run's shared one unless
+    a weight edit is applied to it right now, else a pristine copy of the base model, loaded once per model."""
+    if getattr(ctx.defended.defense, "kind", None) is not DefenseKind.WEIGHT_EDIT:
+        return ctx.model.pipe
+    if ctx.model.key not in _PRISTINE:
+        log.info("%s: loading a pristine %s for %s (the shared one is edited)", attack, ctx.model.name, purpose)
+        try:
+            _PRISTINE[ctx.model.key] = get_model_spec(ctx.model.name).load(ctx.model.device, ctx.model.dtype)
+        except Exception as error:
+            raise RuntimeError(
+                f"{attack} needs the undefended {ctx.model.name} for {purpose}, but a weight-edit defense has "
+                f"edited the shared pipeline and reloading the model by name failed ({error}); attack the "
+                "undefended model first in the same run (--defense none,...: its results are reused) or register "
+                "the model by name") from error
+    pristine = _PRISTINE[ctx.model.key]
+    if pristine.key != ctx.model.key:
+        raise RuntimeError(f"{attack}: reloading {ctx.model.name} gave other weights ({pristine.key} != "
+                           f"{ctx.model.key}); cannot draw {purpose} from the undefended model")
+    return pristine.pipe
+
+
 @ATTACKS.register("unlearndiff")
 class UnlearnDiff(Attack):
     """UnlearnDiff: k prepended tokens optimised through the defended sampler (adaptive), judge early stop."""
@@ -128,26 +150,7 @@ class UnlearnDiff(Attack):
 
     # ---------------------------------------------------------------- targets
     def _base_pipe(self, ctx):
-        """The undefended pipeline: the shared one unless a weight edit is applied to it right now."""
-        kind = getattr(ctx.defended.defense, "kind", None)
-        if kind is not DefenseKind.WEIGHT_EDIT:
-            return ctx.model.pipe
-        if ctx.model.key not in _PRISTINE:
-            log.info("unlearndiff: loading a pristine %s for the targets (the shared one is edited)", ctx.model.name)
-            try:
-                _PRISTINE[ctx.model.key] = get_model_spec(ctx.model.name).load(ctx.model.device, ctx.model.dtype)
-            except Exception as error:
-                raise RuntimeError(
-                    f"unlearndiff needs the undefended {ctx.model.name} for its targets, but a weight-edit "
-                    f"defense has edited the shared pipeline and reloading the model by name failed ({error}); "
-                    "attack the undefended model first in the same run (--defense none,...: its targets are "
-                    "reused) or register the model by name"
-                ) from error
-        pristine = _PRISTINE[ctx.model.key]
-        if pristine.key != ctx.model.key:
-            raise RuntimeError(f"unlearndiff: reloading {ctx.model.name} gave other weights ({pristine.key} != "
-                               f"{ctx.model.key}); cannot build undefended targets under a weight-edit defense")
-        return pristine.pipe
+        return undefended_pipe(ctx, self.name, "its targets")
 
     def _targets(self, ctx, states: list[_State]) -> None:
         s = ctx.sampler
