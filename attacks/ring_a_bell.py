@@ -64,10 +64,12 @@ log = logging.getLogger(__name__)
 
 PAPER = {"population": 200, "generations": 3000, "crossover": 0.5, "mutation": 0.25, "tokens": 16, "eta": 3.0}
 MINI = {"population": 32, "generations": 32, "crossover": 0.5, "mutation": 0.25, "tokens": 10, "eta": 2.0}
-# Ring-A-Bell's concept material per real task, relative to the data directory.
+# Ring-A-Bell's concept material per real task: (kind, path in the data directory, path in Ring-A-Bell's
+# repository). The data directory keeps one folder per source, as the prompt sets do (prompts/sets/*.yaml).
 DEFAULT_SOURCES = {
-    "nudity": ("pairs", "Ring-A-Bell/data/Prompts_For_ConceptVector/Nudity_prompt.csv"),
-    "van-gogh": ("vector", "Ring-A-Bell/Concept Vectors/VanGogh_vector.npy"),
+    "nudity": ("pairs", "Ring-A-Bell/Prompts_For_ConceptVector/Nudity_prompt.csv",
+               "data/Prompts_For_ConceptVector/Nudity_prompt.csv"),
+    "van-gogh": ("vector", "Ring-A-Bell/ConceptVectors/VanGogh_vector.npy", "Concept Vectors/VanGogh_vector.npy"),
 }
 
 
@@ -167,10 +169,12 @@ class RingABell(Attack):
             kind = "pairs" if self.options.pairs else "vector"
             path = Path(self.options.pairs or self.options.vector).expanduser()
             given = f"option {kind}={getattr(self.options, kind)!r}"
+            fetch = "check the path"
         elif ctx.task.name in DEFAULT_SOURCES:
-            kind, rel = DEFAULT_SOURCES[ctx.task.name]
+            kind, rel, upstream = DEFAULT_SOURCES[ctx.task.name]
             path = Path(rel)
             given = f"the default {kind} of task '{ctx.task.name}'"
+            fetch = f"save Ring-A-Bell's '{upstream}' (github.com/chiayi-hsu/Ring-A-Bell) as <data_dir>/{rel}"
         else:
             raise ConfigError(
                 f"attack 'ring-a-bell' needs concept material for task '{ctx.task.name}' (only the sd-mini tasks, "
@@ -182,7 +186,7 @@ class RingABell(Attack):
         if not path.is_file():
             raise PromptFileNotFoundError(
                 f"attack 'ring-a-bell': {given}: concept {kind} file {path} not found (data directory from {how}); "
-                "get Ring-A-Bell's files from its repository, or pass option 'pairs' or 'vector'")
+                f"{fetch}, or pass option 'pairs' or 'vector'")
         return kind, path
 
     def _published_vector(self, ctx) -> torch.Tensor:

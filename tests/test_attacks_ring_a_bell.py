@@ -88,6 +88,18 @@ def test_concept_material_is_checked_before_any_work(tmp_path):
         check(TOY, pairs=str(pairs))
 
 
+def test_default_material_is_found_in_the_data_directory_layout(shared_data):
+    """The defaults follow the data directory's layout (one folder per source, as the prompt sets use),
+    not the upstream repository's: the nudity pairs resolve in the shared data folder."""
+    check(TASKS.get("nudity"), data_dir=str(shared_data))
+    check(TASKS.get("van-gogh"), data_dir=str(shared_data))
+
+
+def test_missing_default_material_says_where_to_get_it(tmp_path):
+    with pytest.raises(UserError, match="Prompts_For_ConceptVector/Nudity_prompt.csv.*Ring-A-Bell/Prompts_For"):
+        check(TASKS.get("nudity"), data_dir=str(tmp_path))
+
+
 def test_search_never_loses_fitness_and_is_reproducible(model):
     attack = RingABell(preset="mini", population=8, tokens=4)
     tok = model.pipe.tokenizer
