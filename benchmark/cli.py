@@ -30,6 +30,7 @@ import yaml
 from benchmark.api.errors import RunFailedError, UserError
 from benchmark.api.registry import ALL_REGISTRIES, ATTACKS, DEFENSES, JUDGES, REGISTRIES_BY_KIND, SUITES, load_plugin
 from benchmark.config import config_from_mapping, load_suite_file, merge, parse_option, split_names
+from benchmark.stages import cost_line
 
 log = logging.getLogger("benchmark")
 
@@ -290,6 +291,8 @@ def print_summary(summary) -> int:
     print(summary.markdown)
     for counter in summary.counters:
         print(counter)
+    if any(c.computed for c in summary.counters):
+        print(cost_line(summary.counters))
     print(summary.run_dir)
     return 0
 

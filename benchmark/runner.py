@@ -16,7 +16,7 @@ import torch
 from benchmark import provenance
 from benchmark.api.attack import AttackContext
 from benchmark.api.errors import ConfigError, RunFailedError
-from benchmark.api.model import DTYPES
+from benchmark.api.model import DTYPES, keyed_by_dtype
 from benchmark.api.prompt import Prompt
 from benchmark.api.registry import ATTACKS, DEFENSES, JUDGES, PROMPT_SETS
 from benchmark.api.task import Task
@@ -36,6 +36,7 @@ from benchmark.stages import StageCounter
 from benchmark.stages.attack import CellFailure
 from benchmark.stages.generate import GenCell, SharedGenerations, generate_key, image_seed
 from benchmark.stages.prepare import DONE_FILE, prepare_defense, prepare_keys, prepared
+from benchmark.stages.usage import StageUsage
 from benchmark.store import CellStore, atomic_write_bytes, atomic_write_json, atomic_write_text
 from prompts import load_prompt_file
 from reports.leaderboard import compute_leaderboard, judge_descriptions, render_markdown
@@ -146,12 +147,24 @@ def execute(config: RunConfig, *, shard: Shard | None = None, collect: bool = Fa
     # Collecting computes nothing: the model is only read (its key, its tokenizer), so on the CPU, wherever
     # the workers ran (a SLURM login node has no GPU).
     device = "cpu" if collect else config.device
-    model = plan.spec.load(torch.device(device), DTYPES[config.dtype], config.model_revision)
+    # Cells computed in bf16/fp16 are other cells than fp32 ones (keyed_by_dtype: the key names the dtype).
+    model = keyed_by_dtype(plan.spec.load(torch.device(device), DTYPES[config.dtype], config.model_revision))
     check_image_size(model, config)
-    run_provenance = provenance.collect(model.device, model.provenance)
+    run_provenance = {**provenance.collect(model.device, model.provenance), "dtype": config.dtype}
     if shard is None and not collect:
         atomic_write_json(run_dir / "provenance.json", run_provenance)  # written now: a killed run still has it
     counters = {s: StageCounter(s) for s in ("prepare", "attack", "generate", "judge")}
+    usage = StageUsage().start()  # seconds and peak memory per stage, into the provenance (stage_usage)
+    try:
+        return _run_cells(config, plan, store, run_dir, shard, collect, model, run_provenance, counters, usage)
+    finally:
+        usage.stop()
+
+
+def _run_cells(config: RunConfig, plan, store: CellStore, run_dir: Path, shard, collect: bool, model,
+               run_provenance: dict[str, Any], counters: dict[str, StageCounter], usage: StageUsage) -> RunSummary:
+    """The body of :func:`execute` once the model is loaded: every cell of every stage, then the records."""
+    device = "cpu" if collect else config.device
     sampler = config.sampler
     sampler_dict = {"num_inference_steps": sampler.num_inference_steps, "guidance_scale": sampler.guidance_scale,
                     "height": sampler.height, "width": sampler.width,
@@ -188,9 +201,10 @@ def execute(config: RunConfig, *, shard: Shard | None = None, collect: bool = Fa
                 prepare_meta = store.read_json_path(store.dir("prepare", artifact_key) / DONE_FILE)
                 defended = None
             else:
-                defense_key, artifact_dir, prepare_meta = prepare_defense(defense, model, task, store,
-                                                                          counters["prepare"])
-                defended = defense.apply(model, task, artifact_dir)
+                with usage.measure(counters["prepare"]):
+                    defense_key, artifact_dir, prepare_meta = prepare_defense(defense, model, task, store,
+                                                                              counters["prepare"])
+                    defended = defense.apply(model, task, artifact_dir)
             prepare_seconds[defense_key] = float(prepare_meta.get("prepare_seconds", 0.0))
             try:
                 cells: list[tuple[GenCell, dict]] = []
@@ -210,8 +224,9 @@ def execute(config: RunConfig, *, shard: Shard | None = None, collect: bool = Fa
                                                    config.dtype)
                         ctx = AttackContext(model=model, defended=defended, task=task, judge=concept_judge,
                                             sampler=sampler_dict, data_dir=config.data_dir, generations=shared)
-                        outcome = claimed_attack(attack, attack_prompts, ctx, store, model.key, defense_key,
-                                                 counters["attack"])
+                        with usage.measure(counters["attack"]):
+                            outcome = claimed_attack(attack, attack_prompts, ctx, store, model.key, defense_key,
+                                                     counters["attack"])
                         # Images the attack already drew (and judged) are in the store: computed once.
                         counters["generate"].computed += shared.computed
                     if outcome.error is not None:
@@ -231,8 +246,9 @@ def execute(config: RunConfig, *, shard: Shard | None = None, collect: bool = Fa
                                             c.source_prompt)
                                 for c in missing_generations([c for c, _ in cells], store, counters["generate"])]
                 else:
-                    claimed_generate(defended, [c for c, _ in cells], store, sampler.batch_size,
-                                     counters["generate"], desc=f"generate {task.name}/{defense_name}")
+                    with usage.measure(counters["generate"]):
+                        claimed_generate(defended, [c for c, _ in cells], store, sampler.batch_size,
+                                         counters["generate"], desc=f"generate {task.name}/{defense_name}")
             finally:
                 if defended is not None:
                     defended.close()
@@ -248,7 +264,8 @@ def execute(config: RunConfig, *, shard: Shard | None = None, collect: bool = Fa
                 missing += [MissingCell("judge", f"{judge.identity().as_dict()['judge']} of image {key}", texts[key])
                             for key, _ in absent]
             else:
-                scores = claimed_judge(judge, items, store, sampler.batch_size, counters["judge"])
+                with usage.measure(counters["judge"]):
+                    scores = claimed_judge(judge, items, store, sampler.batch_size, counters["judge"])
             if shard is not None or missing:
                 continue  # a worker writes no records; a collect with missing cells writes none either
             identity = judge.identity().as_dict()
@@ -269,6 +286,7 @@ def execute(config: RunConfig, *, shard: Shard | None = None, collect: bool = Fa
         return RunSummary(run_dir, list(counters.values()), pd.DataFrame(), "", notes, failures)
     if collect:
         run_provenance = {**run_provenance, "collected": True}  # devices of the workers: workers/*.json
+    run_provenance = {**run_provenance, "stage_usage": {c.stage: c.usage() for c in counters.values()}}
     atomic_write_json(run_dir / "provenance.json", {**run_provenance, "prompt_files": prompt_checks})
     records = records_frame(rows)
     atomic_write_bytes(run_dir / "records.parquet", parquet_bytes(records))

@@ -112,6 +112,7 @@ class SafeRedirOptions:
     target_fpr: Annotated[float, Field(ge=0, le=1)] = 0.02  # calibrated threshold: at most this fraction of them triggers
     seed: int = 0  # seed of the training prompts, trajectories and batches
     network: Literal["auto", "small", "official"] = "auto"  # auto: small for sd-mini, official sizes otherwise
+    gradient_checkpointing: bool = False  # training: recompute UNet activations in the backward pass (less memory, slower; same result)
 
 
 @dataclass(frozen=True)
@@ -302,9 +303,11 @@ class SafeRedir(Defense):
     exposes_decision = True  # SafeRedirPipeline.decision_logit: the classifier against its threshold
     version = "2"  # 2: the artifact carries a threshold calibrated on held-out safe prompts
     Options = SafeRedirOptions
+    runtime_options = ("gradient_checkpointing",)  # memory only: in no key (the shipped redirectors still match)
 
     def prepare_config(self) -> dict[str, Any]:
-        options = {k: v for k, v in dataclasses.asdict(self.options).items() if k not in INFERENCE_OPTIONS}
+        options = {k: v for k, v in dataclasses.asdict(self.options).items()
+                   if k not in INFERENCE_OPTIONS and k not in self.runtime_options}
         return {"name": self.name, "version": self.version, "options": options}
 
     def check_inputs(self, ctx) -> None:
@@ -332,7 +335,8 @@ class SafeRedir(Defense):
         shipped = SHIPPED_DIR / f"{ctx.task.name}.safetensors"
         if shipped.is_file():
             meta = read_metadata(shipped)
-            if meta.get("base_model") == ctx.model.key and meta.get("training") == self.prepare_config():
+            # The shipped redirector was trained for these weights (in fp32): it serves any sampling dtype.
+            if meta.get("base_model") == ctx.model.weights_key and meta.get("training") == self.prepare_config():
                 target.write_bytes(shipped.read_bytes())
                 log.info("saferedir: using the shipped redirector for %s", ctx.task.name)
                 return {"source": "shipped", **json.loads(meta.get("report", "{}"))}
@@ -340,7 +344,7 @@ class SafeRedir(Defense):
                      "training a new one", ctx.task.name)
         redirector, report = train_redirector(ctx.model, ctx.task, self.network_config(ctx.model), self.options)
         report.update(calibrate_threshold(redirector, ctx.model, ctx.task, self.options))
-        save_redirector(target, redirector, base_model=ctx.model.key, task=ctx.task.name,
+        save_redirector(target, redirector, base_model=ctx.model.weights_key, task=ctx.task.name,
                         training=self.prepare_config(), report=report, threshold=str(report["threshold"]))
         return {"source": "trained", **report}
 

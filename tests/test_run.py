@@ -1,6 +1,7 @@
 """End-to-end runs on the tiny random model. They prove plumbing (files, caching, resume, errors),
 not the quality of any defense: the model's weights are random."""
 
+import json
 import os
 import signal
 import subprocess
@@ -42,6 +43,12 @@ def test_run_writes_every_file(tiny_run):
     assert "ASR(none)" in (run_dir / "leaderboard.md").read_text()
     assert result.stdout.strip().splitlines()[-1] == str(run_dir)
     assert "generate: 14 computed, 0 cached" in result.stdout
+    # Each stage's cost in this process: seconds and peak resident memory (CUDA peak: None on CPU).
+    usage = json.loads((run_dir / "provenance.json").read_text())["stage_usage"]
+    assert set(usage) == {"prepare", "attack", "generate", "judge"}
+    assert usage["generate"]["computed"] == 14 and usage["generate"]["seconds"] > 0
+    assert all(u["peak_rss_mib"] > 50 and u["cuda_peak_mib"] is None for u in usage.values() if u["computed"])
+    assert "cost: prepare " in result.stdout
 
 
 def test_rerun_generates_nothing(tiny_run):

@@ -4,6 +4,7 @@ Register a spec with ``@MODELS.register("name")`` on its class in ``benchmark/mo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ import torch
 
 from benchmark.api.errors import ModelUnavailableError, UserError
 from benchmark.api.registry import MODELS
+from benchmark.hashing import stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +58,29 @@ class LoadedModel:
     dtype: torch.dtype
     defaults: SamplerDefaults
     provenance: dict[str, Any] = field(default_factory=dict)
+    # The weights' identity whatever the dtype (``key`` names the dtype too, see keyed_by_dtype): what a
+    # shipped artifact trained for these weights is matched against.
+    weights_key: str = ""
+
+    def __post_init__(self) -> None:
+        self.weights_key = self.weights_key or self.key
 
     @property
     def tokenizer_max_length(self) -> int:
         return int(self.pipe.tokenizer.model_max_length)
+
+
+def keyed_by_dtype(model: LoadedModel) -> LoadedModel:
+    """``model`` with a key that also names its dtype when that is not fp32.
+
+    Everything computed from the model (prepared defenses, adversarial prompts, images, and in-process caches
+    keyed by the model) depends on the precision it ran in, so a bf16 run must not reuse an fp32 run's cells
+    or the other way round. fp32 keys stay the model's own, so existing fp32 stores stay valid.
+    """
+    if model.dtype == torch.float32:
+        return model
+    name = next(k for k, v in DTYPES.items() if v == model.dtype)
+    return dataclasses.replace(model, key=stable_hash({"model": model.key, "dtype": name}), weights_key=model.key)
 
 
 class ModelSpec(ABC):
@@ -96,4 +117,4 @@ def get_model_spec(name_or_path: str) -> ModelSpec:
 
 
 __all__ = ["DTYPES", "LoadedModel", "ModelSpec", "ModelUnavailableError", "SamplerDefaults", "get_model_spec",
-           "resolve_device", "resolve_dtype"]
+           "keyed_by_dtype", "resolve_device", "resolve_dtype"]

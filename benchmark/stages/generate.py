@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmark.api.memory import Backoff
+from benchmark.api.model import DTYPES
 from benchmark.api.sampling import draw, image_seed, initial_latents  # noqa: F401  (re-exported for the stages)
 from benchmark.hashing import stable_hash
 from benchmark.stages import StageCounter
@@ -102,6 +103,7 @@ def generate_cells(defended, cells: list[GenCell], store: CellStore, batch_size:
     # A batch that runs out of memory is halved and retried (each halving recorded on the counter); a cell
     # is written only after its batch was drawn, so a retry loses nothing.
     backoff = Backoff(batch_size, desc)
+    sampled_in = sampling_dtype(pipe)
 
     def draw_batch(settings: tuple, batch: list[GenCell]) -> None:
         guidance, steps, height, width, uses_embeds = settings
@@ -115,7 +117,7 @@ def generate_cells(defended, cells: list[GenCell], store: CellStore, batch_size:
             defended, [c.seed for c in batch], prompts=prompts, prompt_embeds=embeds,
             guidance_scale=guidance, num_inference_steps=steps, height=height, width=width)
         for cell, image, is_blocked, trig in zip(batch, images, blocked, triggered, strict=True):
-            write_generation(store, cell.key, image, per_image, is_blocked, len(batch), trig)
+            write_generation(store, cell.key, image, per_image, is_blocked, len(batch), trig, dtype=sampled_in)
             counter.computed += 1
         bar.update(len(batch))
 
@@ -127,13 +129,23 @@ def generate_cells(defended, cells: list[GenCell], store: CellStore, batch_size:
     bar.close()
 
 
+def sampling_dtype(pipe) -> str | None:
+    """The precision the pipeline samples in (its UNet's), as ``--dtype`` names it (fp32, fp16, bf16)."""
+    dtype = getattr(getattr(pipe, "unet", None), "dtype", None)
+    if dtype is None:
+        return None
+    return {value: name for name, value in DTYPES.items()}.get(dtype, str(dtype).removeprefix("torch."))
+
+
 def write_generation(store: CellStore, key: str, image, seconds: float, blocked: bool, batch_size: int,
-                     triggered: bool | None, origin: str = "generate") -> None:
-    """One generated image: the PNG first, then the JSON sidecar that marks the cell done."""
+                     triggered: bool | None, origin: str = "generate", dtype: str | None = None) -> None:
+    """One generated image: the PNG first, then the JSON sidecar that marks the cell done. ``dtype``: the
+    precision it was actually sampled in (the key holds the run's ``--dtype``; the sidecar says what the
+    pipeline really ran in, so a half-precision run can be checked image by image). Not in any key."""
     image_path = store.write_png("generate", key, image)
     store.write_json("generate", key, {
         "image_path": image_path, "generate_seconds": seconds, "blocked": blocked, "batch_size": batch_size,
-        "defense_triggered": None if triggered is None else bool(triggered), "origin": origin,
+        "defense_triggered": None if triggered is None else bool(triggered), "origin": origin, "dtype": dtype,
     })
 
 
@@ -186,7 +198,8 @@ class SharedGenerations:
                 guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, height=height, width=width)
             for (key, idx), image, is_blocked, trig in zip(todo.items(), drawn, drawn_blocked, triggered,
                                                            strict=True):
-                write_generation(self.store, key, image, per_image, is_blocked, len(first), trig, origin="attack")
+                write_generation(self.store, key, image, per_image, is_blocked, len(first), trig, origin="attack",
+                                 dtype=sampling_dtype(self.defended.pipe))
                 self.computed += 1
                 for i in idx:
                     images[i], blocked[i] = image, is_blocked
