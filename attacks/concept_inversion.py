@@ -57,6 +57,12 @@ loss on fixed noise and timesteps over the training images at the initial and th
 reused within a process for the same (model, task, defense config, sampler, options): a second call reports
 the first call's divided cost.
 
+Memory: a step's ``batch_size`` images that run out of memory are split into micro-batches (halved until they
+fit) whose gradients accumulate to the whole batch's, so ``v*`` is the same up to float rounding; the training
+images are drawn in chunks that halve the same way. Each halving is recorded as an ``oom_backoffs`` event naming
+attack, task and defense. ``gradient_checkpointing`` recomputes the UNet's and the text encoder's activations
+in the backward pass (less memory, slower). Neither changes a result or the cell key.
+
 Every option is checked when the attack is built. No per-prompt failure: a prompt whose placeholder is cut by
 truncation still gets its embedding (``meta.placeholder_kept`` false, ``meta.truncated_tokens``).
 """
@@ -77,6 +83,7 @@ from attacks import _text
 from attacks.unlearndiff import undefended_pipe
 from benchmark.api.attack import Attack, AttackOutput, ThreatModel, preset_budget
 from benchmark.api.defense import DefendedPipeline
+from benchmark.api.memory import attack_backoff, gradient_checkpointing
 from benchmark.api.registry import ATTACKS
 from benchmark.api.sampling import initial_latents
 from benchmark.hashing import stable_hash
@@ -100,13 +107,14 @@ TEMPLATES = ("a photo of a {}", "a rendering of a {}", "a cropped photo of the {
 class ConceptInversionOptions:
     preset: Literal["auto", "paper", "mini"] = "auto"  # auto: mini on sd-mini/tiny-random, paper otherwise
     steps: Annotated[int | None, Field(ge=0)] = None  # optimisation steps of v*; None: the preset's
-    batch_size: Annotated[int | None, Field(ge=1)] = None  # training images per step; None: the preset's
+    batch_size: Annotated[int | None, Field(ge=1)] = None  # training images per step (micro-batched on out-of-memory); None: the preset's
     images: Annotated[int | None, Field(ge=1)] = None  # training images drawn by the undefended model; None: the preset's
     lr: Annotated[float | None, Field(gt=0, allow_inf_nan=False)] = None  # AdamW learning rate; None: the preset's
     weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.01  # AdamW weight decay (upstream 1e-2)
     init_word: Annotated[str | None, Field(min_length=1)] = None  # v*'s initial word; None: the task's first concept word
     adaptive: bool = True  # loss through the defended sampler's conditional step (False: the bare UNet)
     seed: int = 0  # seed of the training images, batches, timesteps and noise
+    gradient_checkpointing: bool = False  # recompute UNet / text-encoder activations in the backward pass (less memory, slower; same result)
 
 
 @dataclass
@@ -176,6 +184,7 @@ class ConceptInversion(Attack):
 
     threat_model = ThreatModel.WHITE_BOX
     Options = ConceptInversionOptions
+    runtime_options = ("gradient_checkpointing",)  # memory only: not in the cell key
     in_all = False  # a training run per (task, defense): asked for by name
 
     def resolved(self, model_name: str | None) -> dict[str, Any]:
@@ -211,13 +220,16 @@ class ConceptInversion(Attack):
         if key not in _IMAGES:
             pipe = self._base_pipe(ctx)
             out = []
-            for start in range(0, len(texts), 8):
-                latents = initial_latents(seeds[start:start + 8], pipe, s["height"], s["width"])
+
+            def draw(rows: range) -> None:  # each image from its own seed: the same in any chunk
+                latents = initial_latents(seeds[rows.start:rows.stop], pipe, s["height"], s["width"])
                 with torch.no_grad():
-                    images = pipe(prompt=texts[start:start + 8], latents=latents.to(pipe.device, pipe.unet.dtype),
+                    images = pipe(prompt=texts[rows.start:rows.stop], latents=latents.to(pipe.device, pipe.unet.dtype),
                                   num_inference_steps=s["num_inference_steps"], guidance_scale=guidance,
                                   height=s["height"], width=s["width"], output_type="latent").images
                 out.append(images.detach().float().cpu())
+
+            attack_backoff(self, ctx, 8, "training images").run(range(len(texts)), draw)
             _IMAGES[key] = torch.cat(out)
         return _IMAGES[key]
 
@@ -281,17 +293,29 @@ class ConceptInversion(Attack):
         generator = torch.Generator().manual_seed(self.options.seed + int(stable_hash(ctx.task.name, 8), 16))
         order: list[int] = []
         curve: list[float] = []
+        # A step's images run in micro-batches when the whole batch does not fit: each micro-batch's mean loss
+        # weighted by its share of the batch, so the accumulated gradient is the batch's (see Backoff.accumulate).
+        micro = attack_backoff(self, ctx, budget["batch_size"], "training images per step")
+
+        def reset() -> None:
+            optimizer.zero_grad(set_to_none=True)
+
         for _ in range(budget["steps"]):
             while len(order) < budget["batch_size"]:  # shuffled epochs, as the upstream data loader
                 order += torch.randperm(len(texts), generator=generator).tolist()
             batch, order = order[:budget["batch_size"]], order[budget["batch_size"]:]
             t = timesteps[torch.randint(len(timesteps), (1,), generator=generator)[0]]
             noise = torch.randn((len(batch), *x0.shape[1:]), generator=generator)
-            loss = self._loss(ctx, scheduler, x0[batch], [laid[i] for i in batch], vector, t, noise, guidance)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+
+            def share(rows: slice, batch=batch, t=t, noise=noise) -> torch.Tensor:
+                picked = batch[rows]
+                loss = self._loss(ctx, scheduler, x0[picked], [laid[i] for i in picked], vector, t, noise[rows],
+                                  guidance)
+                return loss * (len(picked) / len(batch))
+
+            reset()
+            curve.append(micro.accumulate(len(batch), share, reset))
             optimizer.step()
-            curve.append(float(loss.detach()))
         learned = vector.detach().float().cpu()
         loss_after = self._fixed_loss(ctx, scheduler, timesteps, x0, laid, learned, guidance)
         meta = {"loss_before": loss_before, "loss_after": loss_after, "loss_curve": curve,
@@ -310,7 +334,9 @@ class ConceptInversion(Attack):
         key = self._cache_key(ctx)
         if key not in _LEARNED:
             start = time.perf_counter()
-            vector, meta = self.learn(ctx, budget)
+            pipe = ctx.defended.pipe
+            with gradient_checkpointing(pipe.unet, pipe.text_encoder, enabled=self.options.gradient_checkpointing):
+                vector, meta = self.learn(ctx, budget)
             queries = budget["images"] * 3 + budget["steps"] * budget["batch_size"]
             _LEARNED[key] = _Learned(vector, time.perf_counter() - start, queries, len(prompts), meta)
         learned = _LEARNED[key]

@@ -51,6 +51,12 @@ Cost per prompt: ``seconds`` (its batch's wall time shared equally), ``queries``
 forward + backward through the defended model plus a no-gradient undefended prediction) + checks (full
 generations) + 1 target generation, bounded by :meth:`P4D.query_budget`.
 
+Memory (as UnlearnDiff): prompts are optimised ``batch_size`` at a time, a chunk that runs out of memory is rerun
+at half the size (same results; recorded as an ``oom_backoffs`` event naming attack, task and defense), on CUDA
+``auto_batch`` starts at the batch one prompt's measured step says fits, and ``gradient_checkpointing``
+recomputes the defended UNet's and text encoder's activations in the backward pass. Neither option enters the
+cell key.
+
 Every option is checked when the attack is built. The attack has no per-prompt failure (``failures`` is
 empty): every prompt gets an adversarial text. A P4D-K prompt too long for the context is truncated at its
 end like any prompt (``meta.truncated_tokens``); learnable tokens past the context are never optimised.
@@ -65,12 +71,12 @@ from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
-from tqdm.auto import tqdm
 
 from attacks import _text
 from attacks.unlearndiff import _PRISTINE, UnlearnDiff
 from benchmark.api.attack import Attack, AttackOutput, preset_budget
 from benchmark.api.defense import DefendedPipeline
+from benchmark.api.prompt import Prompt
 from benchmark.api.registry import ATTACKS
 from benchmark.api.sampling import image_seed
 from benchmark.hashing import stable_hash
@@ -94,8 +100,10 @@ class P4DOptions:
     adaptive: bool = True  # loss through the defended sampler (False: bare UNets, conditional, guidance 1)
     early_stop: bool = True  # stop a prompt once the judge flags it (False: always run every iteration)
     check_source: bool = True  # check 0: a prompt already flagged without attack is returned unchanged
-    batch_size: Annotated[int, Field(ge=1)] = 8  # prompts optimised together
+    batch_size: Annotated[int, Field(ge=1)] = 8  # prompts optimised together (halved on out-of-memory)
     seed: int = 0  # seed of the initial tokens and the timestep sequence
+    gradient_checkpointing: bool = False  # recompute UNet / text-encoder activations in the backward pass (less memory, slower; same result)
+    auto_batch: bool = True  # on CUDA: start at the batch that fits, measured on one prompt (same result)
 
 
 def interleave(content: list[int], every_k: int) -> list[int | None]:
@@ -324,37 +332,36 @@ class P4D(UnlearnDiff):
                 totals += self._losses(ctx, states, undefended, cond, torch.tensor(t), noise, scheduler).cpu()
         return (totals / len(timesteps)).tolist()
 
-    def run(self, prompts, ctx):
-        budget = self.resolved(ctx.model.name, ctx.task.name)
+    def _label(self) -> str:
+        return f"p4d-{self.options.variant}"
+
+    def _probe_loss(self, ctx, prompt: Prompt, x0: torch.Tensor, cond: torch.Tensor, t: torch.Tensor,
+                    scheduler: Any) -> torch.Tensor:
+        st = _State(prompt, 0, float(ctx.sampler["guidance_scale"]), torch.Generator().manual_seed(0), [], x0=x0,
+                    source_cond=cond[0].detach())
+        noise = torch.randn((1, *x0.shape), generator=st.generator)
+        return self._losses(ctx, [st], self._undefended(ctx), cond, t, noise, scheduler).sum()
+
+    def _run_chunk(self, ctx, chunk: list[Any], budget: dict[str, Any]) -> dict[str, AttackOutput]:
         tokenizer = ctx.defended.pipe.tokenizer
-        outputs: dict[str, AttackOutput] = {}
-        bar = tqdm(total=len(prompts), desc=f"p4d-{self.options.variant} {ctx.task.name}", leave=False)
-        step = max(1, self.options.batch_size)
-        for i in range(0, len(prompts), step):
-            chunk = prompts[i:i + step]
-            start = time.perf_counter()
-            states = []
-            for p in chunk:
-                seed = image_seed(p.seed, int(ctx.sampler.get("seed", 0)), p.id, 0)
-                generator = torch.Generator().manual_seed(self.options.seed + int(stable_hash(p.id + p.text, 8), 16))
-                guidance = p.guidance if p.guidance is not None else ctx.sampler["guidance_scale"]
-                states.append(_State(p, seed, float(guidance), generator,
-                                     self._sequence(_text.content_ids(tokenizer, p.text), budget)))
-            todo = states
-            if self.options.check_source:
-                for st, (hit, _) in zip(states, self._judge(ctx, states, [st.prompt.text for st in states]),
-                                        strict=True):
-                    if hit:
-                        st.done, st.text, st.flagged_at = True, st.prompt.text, -1
-                todo = [st for st in states if not st.done]
-            if todo:
-                self._attack_batch(ctx, todo, budget)
-            seconds = (time.perf_counter() - start) / len(chunk)
-            for st in states:
-                outputs[st.prompt.id] = self._output(st, budget, seconds, tokenizer)
-            bar.update(len(chunk))
-        bar.close()
-        return [outputs[p.id] for p in prompts]
+        start = time.perf_counter()
+        states = []
+        for p in chunk:
+            seed = image_seed(p.seed, int(ctx.sampler.get("seed", 0)), p.id, 0)
+            generator = torch.Generator().manual_seed(self.options.seed + int(stable_hash(p.id + p.text, 8), 16))
+            guidance = p.guidance if p.guidance is not None else ctx.sampler["guidance_scale"]
+            states.append(_State(p, seed, float(guidance), generator,
+                                 self._sequence(_text.content_ids(tokenizer, p.text), budget)))
+        todo = states
+        if self.options.check_source:
+            for st, (hit, _) in zip(states, self._judge(ctx, states, [st.prompt.text for st in states]), strict=True):
+                if hit:
+                    st.done, st.text, st.flagged_at = True, st.prompt.text, -1
+            todo = [st for st in states if not st.done]
+        if todo:
+            self._attack_batch(ctx, todo, budget)
+        seconds = (time.perf_counter() - start) / len(chunk)
+        return {st.prompt.id: self._output(st, budget, seconds, tokenizer) for st in states}
 
     def _output(self, st: _State, budget: dict[str, Any], seconds: float, tokenizer: Any) -> AttackOutput:
         target = 1 if st.flagged_at != -1 else 0

@@ -41,6 +41,10 @@ UnlearnDiff's (``paper``: 40 iterations, check every iteration, k = 5 nudity / 3
 on sd-mini: 20 iterations, check every 10), so the two attacks compare at equal budget. Cost per prompt:
 UnlearnDiff's queries + 1 (the switch check); the penalty's classifier passes ride on each iteration.
 
+Memory: as UnlearnDiff (chunks of ``batch_size`` prompts halved and rerun on out-of-memory, recorded; on
+CUDA ``auto_batch``; ``gradient_checkpointing`` for the UNet and text encoder; neither option in the cell
+key); the final switch check draws in chunks that halve the same way.
+
 Applicability: only against defenses whose class sets ``exposes_decision`` (``allowed_against`` is False
 otherwise; the run notes the skip). Called directly on a pipeline without a switch (``decision_logit``
 None) it degrades to plain UnlearnDiff with a warning and ``meta.switch`` None. ``in_all = False``: run it
@@ -58,6 +62,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from attacks.unlearndiff import UnlearnDiff, UnlearnDiffOptions, _State
+from benchmark.api.memory import attack_backoff
 from benchmark.api.registry import ATTACKS
 from benchmark.api.sampling import draw, image_seed, initial_latents
 
@@ -144,6 +149,11 @@ class SwitchAware(UnlearnDiff):
         return self.options.penalty_weight * F.softplus(logits + self.options.margin).mean(dim=1).sum()
 
     # ---------------------------------------------------------------- the run
+    def _run_chunk(self, ctx, chunk, budget):
+        for prompt in chunk:  # a chunk rerun after an out-of-memory error traces its prompts afresh
+            self._trace.pop(prompt.id, None)
+        return super()._run_chunk(ctx, chunk, budget)
+
     def run(self, prompts, ctx):
         self._trace = {}
         has_switch = bool(getattr(ctx.defended.defense, "exposes_decision", False))
@@ -178,14 +188,16 @@ class SwitchAware(UnlearnDiff):
             guidance = float(prompt.guidance if prompt.guidance is not None else s["guidance_scale"])
             groups.setdefault(guidance, []).append((prompt.id, output.text, seed))
         off: dict[str, bool | None] = {}
-        step = max(1, self.options.batch_size)
+        # Each image is drawn from its own seed, so a chunk halved on out-of-memory draws the same images.
+        backoff = attack_backoff(self, ctx, self.options.batch_size, "switch check")
         for guidance, items in groups.items():
-            for i in range(0, len(items), step):
-                chunk = items[i:i + step]
+            def check(chunk, guidance=guidance) -> None:
                 _, _, _, triggered = draw(ctx.defended, [seed for _, _, seed in chunk],
                                           prompts=[text for _, text, _ in chunk], guidance_scale=guidance,
                                           num_inference_steps=s["num_inference_steps"], height=s["height"],
                                           width=s["width"])
                 for (pid, _, _), hit in zip(chunk, triggered, strict=True):
                     off[pid] = None if hit is None else not hit
+
+            backoff.run(items, check)
         return off

@@ -35,6 +35,13 @@ full 25-step generation, ten times an iteration on one CPU core), same k (5 for 
 Cost per prompt: ``seconds`` (its batch's wall time shared equally), ``queries`` = optimisation steps
 (forward + backward through the defended model) + checks (full generations) + 1 target generation.
 
+Memory: prompts are optimised ``batch_size`` at a time; a chunk that runs out of memory is rerun at half the
+size (fresh per-prompt states: same results), recorded as an ``oom_backoffs`` event naming attack, task and
+defense; one prompt that does not fit fails the cell with what to do. On CUDA, ``auto_batch`` starts at the
+batch that fits, measured on one prompt's step. ``gradient_checkpointing`` recomputes the UNet's and the text
+encoder's activations in the backward pass (less memory, about one more forward per iteration). Neither
+changes a result, so neither enters the cell key (:attr:`Component.runtime_options`).
+
 Every option is checked when the attack is built (types, ranges, the preset's name). The attack has no
 per-prompt failure (``failures`` is empty): every prompt gets its adversarial text. A prompt too long for
 the context with k tokens in front is truncated at its end like any prompt (``meta.truncated_tokens``;
@@ -55,7 +62,9 @@ from tqdm.auto import tqdm
 from attacks import _text
 from benchmark.api.attack import Attack, AttackOutput, ThreatModel, preset_budget
 from benchmark.api.defense import DefendedPipeline, DefenseKind
+from benchmark.api.memory import attack_backoff, gradient_checkpointing, measured_batch_size
 from benchmark.api.model import get_model_spec
+from benchmark.api.prompt import Prompt
 from benchmark.api.registry import ATTACKS
 from benchmark.api.sampling import image_seed, initial_latents
 from benchmark.hashing import stable_hash
@@ -78,8 +87,10 @@ class UnlearnDiffOptions:
     adaptive: bool = True  # loss through the defended sampler (False: bare UNet, conditional, guidance 1)
     early_stop: bool = True  # stop a prompt once the judge flags it (False: always run every iteration)
     check_source: bool = True  # check 0: a prompt already flagged without attack is returned unchanged
-    batch_size: Annotated[int, Field(ge=1)] = 8  # prompts optimised together
+    batch_size: Annotated[int, Field(ge=1)] = 8  # prompts optimised together (halved on out-of-memory)
     seed: int = 0  # seed of the initial tokens and the timestep order
+    gradient_checkpointing: bool = False  # recompute UNet / text-encoder activations in the backward pass (less memory, slower; same result)
+    auto_batch: bool = True  # on CUDA: start at the batch that fits, measured on one prompt (same result)
 
 
 @dataclass
@@ -133,6 +144,7 @@ class UnlearnDiff(Attack):
 
     threat_model = ThreatModel.WHITE_BOX
     Options = UnlearnDiffOptions
+    runtime_options = ("gradient_checkpointing", "auto_batch")  # memory only: not in the cell key
 
     def resolved(self, model_name: str | None, task_name: str) -> dict[str, Any]:
         budget = preset_budget("unlearndiff", self.options.preset, model_name, PAPER, MINI, self.options)
@@ -200,10 +212,29 @@ class UnlearnDiff(Attack):
         per state) and the run's scheduler (timesteps set). UnlearnDiff itself adds nothing."""
         return None
 
+    def _iteration_loss(self, ctx, active: list[_State], cond: torch.Tensor, t: torch.Tensor,
+                        scheduler) -> torch.Tensor:
+        """Step 4 of the box for the ``active`` prompts (their conditional embeddings ``cond``, one row each):
+        the diffusion losses summed over prompts (so each prompt's gradient is its own), plus the subclass's
+        extra term. Draws each prompt's noise from its own generator."""
+        pipe = ctx.defended.pipe
+        device, dtype = pipe.device, pipe.unet.dtype
+        x0 = torch.stack([st.x0 for st in active]).to(device, dtype)
+        noise = torch.stack([torch.randn(st.x0.shape, generator=st.generator) for st in active]).to(device, dtype)
+        x_t = scheduler.scale_model_input(scheduler.add_noise(x0, noise, t.expand(len(active))), t)
+        losses = []
+        for guidance in sorted({st.guidance for st in active}):
+            idx = [i for i, st in enumerate(active) if st.guidance == guidance]
+            eps = self._noise_prediction(ctx, x_t[idx], t, cond[idx], guidance)
+            losses.append((eps.float() - noise[idx].float()).pow(2).mean(dim=(1, 2, 3)).sum())
+        loss = torch.stack(losses).sum()
+        extra = self._extra_loss(ctx, active, cond, scheduler)
+        return loss if extra is None else loss + extra
+
     def _attack_batch(self, ctx, states: list[_State], budget: dict[str, Any]) -> None:
         pipe = ctx.defended.pipe
         tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
-        device, dtype = pipe.device, pipe.unet.dtype
+        device = pipe.device
         vocab = _text.searchable_token_ids(tokenizer).to(device)
         table = _text.token_embedding(encoder).weight  # (V, dim)
         k = budget["tokens"]
@@ -242,19 +273,9 @@ class UnlearnDiff(Attack):
                 n_adv = min(k, len(ids) - 2)
                 row = torch.cat([row[:1], adv[:n_adv], row[1 + n_adv:]])
                 embeds.append(row)
-            cond = _text.encode_from_token_embeds(encoder, torch.stack(embeds)).to(dtype)
+            cond = _text.encode_from_token_embeds(encoder, torch.stack(embeds)).to(pipe.unet.dtype)
             t = timesteps[sweep[(it - 1) % len(timesteps)]]
-            x0 = torch.stack([st.x0 for st in active]).to(device, dtype)
-            noise = torch.stack([torch.randn(st.x0.shape, generator=st.generator) for st in active]).to(device, dtype)
-            x_t = scheduler.scale_model_input(scheduler.add_noise(x0, noise, t.expand(len(active))), t)
-            losses = []
-            for guidance in sorted({st.guidance for st in active}):
-                idx = [i for i, st in enumerate(active) if st.guidance == guidance]
-                eps = self._noise_prediction(ctx, x_t[idx], t, cond[idx], guidance)
-                losses.append((eps.float() - noise[idx].float()).pow(2).mean(dim=(1, 2, 3)).sum())
-            loss = torch.stack(losses).sum()
-            extra = self._extra_loss(ctx, active, cond, scheduler)
-            (loss if extra is None else loss + extra).backward()
+            self._iteration_loss(ctx, active, cond, t, scheduler).backward()
             optimizer.step()
             for st in active:
                 st.iterations += 1
@@ -272,45 +293,88 @@ class UnlearnDiff(Attack):
             if not st.text:  # zero iterations: the prompt with its random initial tokens
                 st.text = adv_text(st)
 
+    # ---------------------------------------------------------------- memory
+    def _probe(self, ctx) -> None:
+        """One prompt's optimisation step (forward and backward through the defended sampler at the run's
+        resolution and guidance): what each prompt of a batch adds to memory, which ``auto_batch`` measures."""
+        pipe = ctx.defended.pipe
+        s = ctx.sampler
+        scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+        scheduler.set_timesteps(s["num_inference_steps"])
+        x0 = torch.zeros(initial_latents([0], pipe, s["height"], s["width"]).shape[1:])
+        table = _text.token_embedding(pipe.text_encoder).weight
+        ids = torch.tensor(_text.layout(pipe.tokenizer, [])[0], device=table.device)
+        embeds = table[ids].detach().clone()[None].requires_grad_(True)
+        cond = _text.encode_from_token_embeds(pipe.text_encoder, embeds).to(pipe.unet.dtype)
+        self._probe_loss(ctx, Prompt("auto-batch probe", ""), x0, cond, scheduler.timesteps[0], scheduler).backward()
+
+    def _probe_loss(self, ctx, prompt: Prompt, x0: torch.Tensor, cond: torch.Tensor, t: torch.Tensor,
+                    scheduler) -> torch.Tensor:
+        """The loss of one iteration for a stand-in prompt (subclasses with another loss override it)."""
+        st = _State(prompt, 0, float(ctx.sampler["guidance_scale"]), x0, [], torch.Generator().manual_seed(0))
+        return self._iteration_loss(ctx, [st], cond, t, scheduler)
+
+    def _label(self) -> str:
+        return self.name
+
+    # ---------------------------------------------------------------- run
     def run(self, prompts, ctx):
         budget = self.resolved(ctx.model.name, ctx.task.name)
-        tokenizer = ctx.defended.pipe.tokenizer
+        pipe = ctx.defended.pipe
         outputs: dict[str, AttackOutput] = {}
-        bar = tqdm(total=len(prompts), desc=f"{self.name} {ctx.task.name}", leave=False)
-        step = max(1, self.options.batch_size)
-        for i in range(0, len(prompts), step):
-            chunk = prompts[i:i + step]
-            start = time.perf_counter()
-            states = []
-            for p in chunk:
-                seed = image_seed(p.seed, int(ctx.sampler.get("seed", 0)), p.id, 0)
-                generator = torch.Generator().manual_seed(self.options.seed + int(stable_hash(p.id + p.text, 8), 16))
-                guidance = p.guidance if p.guidance is not None else ctx.sampler["guidance_scale"]
-                states.append(_State(p, seed, float(guidance), torch.empty(0), _text.content_ids(tokenizer, p.text),
-                                     generator))
-            todo = states
-            if self.options.check_source:
-                flagged = self._check(ctx, states, [st.prompt.text for st in states])
-                for st, hit in zip(states, flagged, strict=True):
-                    if hit:
-                        st.done, st.text, st.flagged_at = True, st.prompt.text, -1
-                todo = [st for st in states if not st.done]
-            if todo:
-                self._targets(ctx, todo)
-                self._attack_batch(ctx, todo, budget)
-            seconds = (time.perf_counter() - start) / len(chunk)
-            for st in states:
-                target = 1 if st.flagged_at != -1 else 0
-                queries = st.iterations + st.checks + target
-                ids, cut = _text.layout(tokenizer, _text.content_ids(tokenizer, st.text))
-                meta = {"flagged_at": st.flagged_at, "iterations": st.iterations, "checks": st.checks,
-                        "adaptive": self.options.adaptive, "tokens": budget["tokens"],
-                        "budget": {k: budget[k] for k in ("iterations", "check_every")},
-                        "truncated_tokens": cut,
-                        # BPE vocabularies may re-tokenize decoded tokens differently from the optimised ids
-                        "retokenizes_same": None if st.optimised_ids is None else ids == st.optimised_ids}
-                outputs[st.prompt.id] = AttackOutput(st.prompt.id, st.text, seconds=seconds, queries=queries,
-                                                     meta=meta)
-            bar.update(len(chunk))
+        bar = tqdm(total=len(prompts), desc=f"{self._label()} {ctx.task.name}", leave=False)
+        with gradient_checkpointing(pipe.unet, pipe.text_encoder, enabled=self.options.gradient_checkpointing):
+            # A chunk that runs out of memory is rerun whole at half the size: its prompts' states (generators
+            # included) are built afresh inside it, so the rerun gives what the first attempt would have.
+            backoff = attack_backoff(self, ctx, max(1, min(self.options.batch_size, len(prompts))))
+            if self.options.auto_batch:  # CUDA only; elsewhere the size stays as asked
+                # (a pristine base model, loaded under a weight edit for the targets, is resident, not per prompt)
+                backoff.batch_size = measured_batch_size(backoff.batch_size, lambda: self._probe(ctx),
+                                                         device=pipe.device, what=backoff.what,
+                                                         prepare=lambda: self._base_pipe(ctx))
+
+            def attack_chunk(chunk: list[Any]) -> None:
+                outputs.update(self._run_chunk(ctx, chunk, budget))
+                bar.update(len(chunk))
+
+            backoff.run(prompts, attack_chunk)
         bar.close()
         return [outputs[p.id] for p in prompts]
+
+    def _run_chunk(self, ctx, chunk: list[Any], budget: dict[str, Any]) -> dict[str, AttackOutput]:
+        """Attack one chunk of prompts together; every prompt's randomness is its own (a result does not
+        depend on the chunk), and nothing outlives the call but its outputs and what a rerun would produce
+        alike (cached target latents, the check images in the run's store)."""
+        tokenizer = ctx.defended.pipe.tokenizer
+        start = time.perf_counter()
+        states = []
+        for p in chunk:
+            seed = image_seed(p.seed, int(ctx.sampler.get("seed", 0)), p.id, 0)
+            generator = torch.Generator().manual_seed(self.options.seed + int(stable_hash(p.id + p.text, 8), 16))
+            guidance = p.guidance if p.guidance is not None else ctx.sampler["guidance_scale"]
+            states.append(_State(p, seed, float(guidance), torch.empty(0), _text.content_ids(tokenizer, p.text),
+                                 generator))
+        todo = states
+        if self.options.check_source:
+            flagged = self._check(ctx, states, [st.prompt.text for st in states])
+            for st, hit in zip(states, flagged, strict=True):
+                if hit:
+                    st.done, st.text, st.flagged_at = True, st.prompt.text, -1
+            todo = [st for st in states if not st.done]
+        if todo:
+            self._targets(ctx, todo)
+            self._attack_batch(ctx, todo, budget)
+        seconds = (time.perf_counter() - start) / len(chunk)
+        outputs = {}
+        for st in states:
+            target = 1 if st.flagged_at != -1 else 0
+            queries = st.iterations + st.checks + target
+            ids, cut = _text.layout(tokenizer, _text.content_ids(tokenizer, st.text))
+            meta = {"flagged_at": st.flagged_at, "iterations": st.iterations, "checks": st.checks,
+                    "adaptive": self.options.adaptive, "tokens": budget["tokens"],
+                    "budget": {k: budget[k] for k in ("iterations", "check_every")},
+                    "truncated_tokens": cut,
+                    # BPE vocabularies may re-tokenize decoded tokens differently from the optimised ids
+                    "retokenizes_same": None if st.optimised_ids is None else ids == st.optimised_ids}
+            outputs[st.prompt.id] = AttackOutput(st.prompt.id, st.text, seconds=seconds, queries=queries, meta=meta)
+        return outputs

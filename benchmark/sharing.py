@@ -47,12 +47,14 @@ def claimed_attack(attack: Attack, prompts: list[Prompt], ctx: AttackContext, st
                                       {"error": outcome.error, "traceback": outcome.traceback})
                 counter.computed += mine.computed
                 counter.cached += mine.cached
+                counter.backoffs.extend(mine.backoffs)
                 outcome.records = {p.id: error_record(p.id, outcome.error) for p in prompts}
                 return outcome
             for key in claimed:
                 store.path("attack", key, FAILED_EXT).unlink(missing_ok=True)  # the earlier failure is void
     outcome = run_attack(attack, prompts, ctx, store, model_key, defense_key, StageCounter(counter.stage))
     counter.computed += mine.computed
+    counter.backoffs.extend(mine.backoffs)
     counter.cached += len(prompts) - mine.computed
     return outcome
 

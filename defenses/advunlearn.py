@@ -75,6 +75,14 @@ defense adds it to the shared pipeline's text encoder and ``close()`` restores t
 AdvUnlearn text encoder (``OPTML-Group/AdvUnlearn``, subfolder ``nudity_unlearned`` ...) loads through the
 ``checkpoint`` defense with ``component=text_encoder`` instead.
 
+Memory: a step's ``retain_batch`` retain prompts that run out of memory are split into micro-batches (halved
+until they fit; the unlearning term rides with the first) whose gradients accumulate to the whole step's, so the
+trained encoder is the same up to float rounding; the frozen-model pool is sampled in chunks that halve the same
+way (its noise drawn up front, so a chunk's size changes nothing). Each halving is logged and recorded (the
+prepare stage's ``oom_backoffs``, and the artifact's metadata). ``gradient_checkpointing`` recomputes the
+activations of the trained text encoder and of the UNet the gradients pass through (less memory, slower); it
+changes no result and no cache key.
+
 Options are checked when the defense is built (positive counts and rates); a task without concept words
 needs the option ``prompt``, and a ``retain_file`` must exist and hold prompts (both checked before any
 work).
@@ -99,6 +107,8 @@ from tqdm.auto import tqdm
 
 from benchmark.api.defense import Defense, DefenseKind, PrepareContext
 from benchmark.api.errors import ConfigError, DataFileError
+from benchmark.api.memory import Backoff, memory_hint
+from benchmark.api.memory import gradient_checkpointing as checkpointing
 from benchmark.api.registry import DEFENSES
 from benchmark.models.mini.tasks import TASKS as MINI_TASKS
 from benchmark.models.mini.tasks import training_split
@@ -153,6 +163,7 @@ class AdvUnlearnOptions:
     train_layers: Annotated[list[Annotated[int, Field(ge=0)]] | None, BeforeValidator(comma_list)] = None  # encoder layers trained; None: all (text_encoder_full)
     train_final_norm: bool = True  # train the final layer norm too (paper: yes with component all)
     seed: int = 0  # seed of the samples, the prompts drawn and the attack's initial tokens
+    gradient_checkpointing: bool = False  # recompute text-encoder / UNet activations in the backward pass (less memory, slower; same result)
 
 
 # ---------------------------------------------------------------------------------------------- text side
@@ -255,9 +266,10 @@ class Pool:
 
 @torch.no_grad()
 def frozen_pool(pipe, prompts: list[str], *, ddim_steps: int, guidance: float, generator: torch.Generator,
-                keep_uncond: bool, chunk: int = 32) -> Pool:
+                keep_uncond: bool, chunk: int = 32, backoff: Backoff | None = None) -> Pool:
     """One guided DDIM trajectory per entry of ``prompts`` with the frozen UNet and text encoder, every
-    step's input latents and predictions kept (on the CPU, in the UNet's dtype)."""
+    step's input latents and predictions kept (on the CPU, in the UNet's dtype). Sampled in chunks of
+    ``backoff``'s size (``chunk`` without one), halved on out-of-memory."""
     from diffusers import DDIMScheduler
 
     unet = pipe.unet
@@ -267,13 +279,18 @@ def frozen_pool(pipe, prompts: list[str], *, ddim_steps: int, guidance: float, g
     scheduler.set_timesteps(ddim_steps, device=device)
     size = unet.config.sample_size
     empty = pipe.encode_prompt([""], device, 1, False)[0].to(dtype)
+    # Every start code is drawn before any sampling, in the order and pieces of ``chunk`` it always was, so
+    # a chunk halved on out-of-memory (or retried) samples the same trajectories.
+    noise = torch.cat([torch.randn((len(prompts[i:i + chunk]), unet.config.in_channels, size, size),
+                                   generator=generator) for i in range(0, len(prompts), chunk)])
     xs, e0s, ecs = [], [], []
-    for start in range(0, len(prompts), chunk):
-        part = prompts[start:start + chunk]
+
+    def sample(rows: range) -> None:
+        part = prompts[rows.start:rows.stop]
         n = len(part)
         cond = pipe.encode_prompt(part, device, 1, False)[0].to(dtype)
         uncond = empty.expand(n, -1, -1)
-        latents = torch.randn((n, unet.config.in_channels, size, size), generator=generator).to(device, dtype)
+        latents = noise[rows.start:rows.stop].to(device, dtype)
         latents = latents * scheduler.init_noise_sigma
         x_steps, e0_steps, ec_steps = [], [], []
         for t in scheduler.timesteps:
@@ -288,6 +305,8 @@ def frozen_pool(pipe, prompts: list[str], *, ddim_steps: int, guidance: float, g
         ecs.append(torch.stack(ec_steps))
         if keep_uncond:
             e0s.append(torch.stack(e0_steps))
+
+    (backoff or Backoff(chunk, "advunlearn frozen pool")).run(range(len(prompts)), sample)
     return Pool(t=scheduler.timesteps.cpu(), x=torch.cat(xs, 1), e_0=torch.cat(e0s, 1) if keep_uncond else None,
                 e_c=torch.cat(ecs, 1))
 
@@ -312,6 +331,7 @@ class Settings:
     train_layers: list[int] | None
     train_final_norm: bool
     seed: int
+    gradient_checkpointing: bool = False  # memory only (not a training setting)
 
 
 @dataclass
@@ -364,10 +384,14 @@ def random_tokens(encoder, vocab: torch.Tensor, k: int, generator: torch.Generat
     return table[picks.to(table.device)].detach().float()
 
 
-def train_advunlearn(pipe, concepts: list[str], retain: list[str], s: Settings
-                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def train_advunlearn(pipe, concepts: list[str], retain: list[str], s: Settings, what: str = "advunlearn",
+                     hint: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Adversarially train a copy of ``pipe.text_encoder`` (the pipeline is left untouched); returns the
-    delta ``{"text_encoder.<name>": trained - base}`` and training statistics."""
+    delta ``{"text_encoder.<name>": trained - base}`` and training statistics (with ``oom_backoffs`` when a
+    batch was halved). ``what`` names the work in out-of-memory events, ``hint`` says what to do when one
+    item does not fit."""
+    hint = hint or memory_hint("defense", "advunlearn", s)
+    pool_backoff = Backoff(32, f"{what} frozen pool", hint=hint)
     frozen = pipe.text_encoder
     unet = pipe.unet
     tokenizer = pipe.tokenizer
@@ -377,11 +401,11 @@ def train_advunlearn(pipe, concepts: list[str], retain: list[str], s: Settings
 
     # Frozen-model samples: `pool` trajectories per concept prompt, one per retain prompt.
     pools = {c: frozen_pool(pipe, [c] * s.pool, ddim_steps=s.ddim_steps, guidance=s.sample_guidance,
-                            generator=generator, keep_uncond=True) for c in concepts}
+                            generator=generator, keep_uncond=True, backoff=pool_backoff) for c in concepts}
     retain_pool = None
     if retain and s.retain_batch and s.retain_weight:
         retain_pool = frozen_pool(pipe, retain, ddim_steps=s.ddim_steps, guidance=s.sample_guidance,
-                                  generator=generator, keep_uncond=False)
+                                  generator=generator, keep_uncond=False, backoff=pool_backoff)
     retain_ids = token_ids(tokenizer, retain) if retain else None
     entries = {}
     for c in concepts:
@@ -402,40 +426,66 @@ def train_advunlearn(pipe, concepts: list[str], retain: list[str], s: Settings
     retain_losses: list[float] = []
     attack_losses: list[float] = []
     adv: torch.Tensor | None = None
-    for i in tqdm(range(s.iterations), desc="AdvUnlearn", unit="it", leave=False):
-        concept = entries[concepts[rng.randrange(len(concepts))]]
-        attacked = i >= s.warmup
-        if attacked:
-            for p in trainable:  # the inner problem sees the encoder as fixed
-                p.requires_grad_(False)
-            init = adv if (s.attack_init == "latest" and adv is not None) else random_tokens(
-                student, vocab, s.tokens, generator)
-            adv, attack_loss = inner_attack(student, unet, concept, init, method=s.attack, steps=s.attack_steps,
-                                            lr=s.attack_lr, rng=rng)
-            attack_losses.append(attack_loss)
-            for p in trainable:
-                p.requires_grad_(True)
-        step, n = rng.randrange(concept.pool.steps), rng.randrange(concept.pool.size)
-        pool = concept.pool
-        e_0, e_c = pool.e_0[step, n:n + 1], pool.e_c[step, n:n + 1]
-        target = e_0.float() - s.eta * (e_c.float() - e_0.float())
-        if attacked:
-            cond = encode(student, concept.adv_ids, concept.slots, adv)
-        else:
-            cond = encode(student, concept.plain_ids)
-        loss_u = _mse(_predict(unet, pool.x[step, n:n + 1], pool.t[step], cond), target.to(unet.device))
-        loss = loss_u
-        if retain_pool is not None:
-            picks = rng.sample(range(retain_pool.size), min(s.retain_batch, retain_pool.size))
-            cond_r = encode(student, retain_ids[picks])
-            loss_r = _mse(_predict(unet, retain_pool.x[step, picks], retain_pool.t[step], cond_r),
-                          retain_pool.e_c[step, picks].to(unet.device))
-            loss = loss_u + s.retain_weight * loss_r
-            retain_losses.append(loss_r.item())
+    # A step's retain prompts run in micro-batches when they do not fit together; see ``share``.
+    micro = Backoff(max(1, s.retain_batch), f"{what} retain prompts per step", hint=hint)
+    parts: dict[str, float] = {}
+
+    def reset() -> None:
+        parts.clear()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        unlearn_losses.append(loss_u.item())
+
+    def share(rows: slice, concept: Concept, step: int, n: int, picks: list[int], attacked: bool) -> torch.Tensor:
+        """The step's loss ``l_u + gamma l_r`` restricted to the retain prompts ``picks[rows]``: their share of
+        ``l_r`` (mean times their fraction of the step's prompts), plus ``l_u`` once, with the first rows."""
+        pool = concept.pool
+        loss = torch.zeros((), device=unet.device)
+        if rows.start == 0:
+            e_0, e_c = pool.e_0[step, n:n + 1], pool.e_c[step, n:n + 1]
+            target = e_0.float() - s.eta * (e_c.float() - e_0.float())
+            if attacked:
+                cond = encode(student, concept.adv_ids, concept.slots, adv)
+            else:
+                cond = encode(student, concept.plain_ids)
+            loss_u = _mse(_predict(unet, pool.x[step, n:n + 1], pool.t[step], cond), target.to(unet.device))
+            parts["u"] = loss_u.item()
+            loss = loss + loss_u
+        if picks:
+            mine = picks[rows]
+            cond_r = encode(student, retain_ids[mine])
+            loss_r = _mse(_predict(unet, retain_pool.x[step, mine], retain_pool.t[step], cond_r),
+                          retain_pool.e_c[step, mine].to(unet.device))
+            weight = len(mine) / len(picks)
+            parts["r"] = parts.get("r", 0.0) + loss_r.item() * weight
+            loss = loss + s.retain_weight * loss_r * weight
+        return loss
+
+    # Gradients pass through the trained encoder and the frozen UNet; checkpointing both saves the most.
+    with checkpointing(student, unet, enabled=s.gradient_checkpointing):
+        for i in tqdm(range(s.iterations), desc="AdvUnlearn", unit="it", leave=False):
+            concept = entries[concepts[rng.randrange(len(concepts))]]
+            attacked = i >= s.warmup
+            if attacked:
+                for p in trainable:  # the inner problem sees the encoder as fixed
+                    p.requires_grad_(False)
+                init = adv if (s.attack_init == "latest" and adv is not None) else random_tokens(
+                    student, vocab, s.tokens, generator)
+                adv, attack_loss = inner_attack(student, unet, concept, init, method=s.attack, steps=s.attack_steps,
+                                                lr=s.attack_lr, rng=rng)
+                attack_losses.append(attack_loss)
+                for p in trainable:
+                    p.requires_grad_(True)
+            # The step's draws come first, so a step restarted after an out-of-memory error reuses them.
+            step, n = rng.randrange(concept.pool.steps), rng.randrange(concept.pool.size)
+            picks: list[int] = []
+            if retain_pool is not None:
+                picks = rng.sample(range(retain_pool.size), min(s.retain_batch, retain_pool.size))
+            reset()
+            micro.accumulate(max(1, len(picks)), lambda rows, c=concept, k=step, j=n, p=picks, a=attacked:
+                             share(rows, c, k, j, p, a), reset)
+            optimizer.step()
+            unlearn_losses.append(parts["u"])
+            if picks:
+                retain_losses.append(parts["r"])
 
     base = dict(frozen.named_parameters())
     delta = {f"text_encoder.{n}": (params[n].detach().float() - base[n].detach().float()).cpu() for n in names}
@@ -444,8 +494,8 @@ def train_advunlearn(pipe, concepts: list[str], retain: list[str], s: Settings
              "retain_loss_first": _mean(retain_losses[:10]), "retain_loss_last": _mean(retain_losses[-10:]),
              "attack_rounds": len(attack_losses), "attack_loss_first": _mean(attack_losses[:10]),
              "attack_loss_last": _mean(attack_losses[-10:]), "retain_prompts": len(retain)}
-    del student, optimizer
-    return delta, stats
+    events = pool_backoff.events + micro.events
+    return delta, {**stats, "oom_backoffs": events} if events else stats
 
 
 def _mean(values: list[float]) -> float | None:
@@ -459,6 +509,7 @@ class AdvUnlearn(Defense):
 
     kind = DefenseKind.WEIGHT_EDIT
     Options = AdvUnlearnOptions
+    runtime_options = ("gradient_checkpointing",)  # memory only: not in the cache key
 
     def config(self) -> dict[str, Any]:
         # The per-model defaults and the retain file's content enter the cache key: changing either retrains.
@@ -483,7 +534,8 @@ class AdvUnlearn(Defense):
                         retain_batch=o.retain_batch, eta=o.eta, sample_guidance=o.sample_guidance,
                         ddim_steps=pick("ddim_steps"), pool=o.pool,
                         train_layers=None if o.train_layers is None else sorted(set(o.train_layers)),
-                        train_final_norm=o.train_final_norm, seed=o.seed)
+                        train_final_norm=o.train_final_norm, seed=o.seed,
+                        gradient_checkpointing=o.gradient_checkpointing)
 
     def concepts(self, task) -> list[str]:
         """The concept prompts: the option, else the task's concept words; a :class:`ConfigError` when empty."""
@@ -534,11 +586,13 @@ class AdvUnlearn(Defense):
         concepts = self.concepts(ctx.task)
         retain, source = self.retain_prompts(ctx.model.name, ctx.task, concepts)
         start = time.perf_counter()
-        delta, stats = train_advunlearn(ctx.model.pipe, concepts, retain, settings)
+        delta, stats = train_advunlearn(ctx.model.pipe, concepts, retain, settings,
+                                        what=f"prepare {self.name} {ctx.task.name}",
+                                        hint=memory_hint("defense", self.name, self.options))
         save_edit(artifact_file(ctx.artifact_dir, DELTA_FILE), delta,
                   {"defense": self.name, "prompts": ", ".join(concepts), "component": "text_encoder"})
         return {"train_seconds": time.perf_counter() - start, "prompts": concepts, "retain_source": source,
-                **stats, **{k: v for k, v in vars(settings).items() if k != "seed"}}
+                **stats, **{k: v for k, v in vars(settings).items() if k not in ("seed", "gradient_checkpointing")}}
 
     def apply(self, model, task, artifact_dir: Path) -> WeightEditPipeline:
         path = artifact_file(artifact_dir, DELTA_FILE)

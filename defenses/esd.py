@@ -28,6 +28,12 @@ The artifact is the difference (edited - base) of the trained parameters, a safe
 prepare stage's artifact directory; applying the defense adds it to the shared pipeline and ``close()``
 subtracts it back (restores the saved originals).
 
+Memory: an iteration's ``batch_size`` latents that run out of memory are split into micro-batches (halved
+until they fit) whose gradients accumulate to the whole batch's, so the trained weights are the same up to float
+rounding; each halving is logged and recorded (the prepare stage's ``oom_backoffs``, and the artifact's
+metadata). ``gradient_checkpointing`` recomputes the trained UNet's activations in the backward pass (less
+memory, slower); it changes no result and no cache key.
+
 Options are checked when the defense is built (positive counts and learning rate, eta >= 0); a task
 without concept words needs the option ``prompt`` (checked before any work).
 """
@@ -48,6 +54,8 @@ from tqdm.auto import tqdm
 
 from benchmark.api.defense import Defense, DefenseKind, PrepareContext
 from benchmark.api.errors import ConfigError
+from benchmark.api.memory import Backoff, memory_hint
+from benchmark.api.memory import gradient_checkpointing as checkpointing
 from benchmark.api.registry import DEFENSES
 from defenses.weight_edit import WeightEditPipeline, artifact_file, cross_attention_modules, load_edit, save_edit
 
@@ -69,8 +77,9 @@ class EsdOptions:
     iterations: Annotated[int | None, Field(ge=1)] = None  # None: 1000 (paper); sd-mini 200
     ddim_steps: Annotated[int | None, Field(ge=1)] = None  # schedule of the training latents; None: 50 (paper), 10 on sd-mini
     sample_guidance: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 3.0  # guidance when sampling the training latents
-    batch_size: Annotated[int, Field(ge=1)] = 1  # training latents per iteration
+    batch_size: Annotated[int, Field(ge=1)] = 1  # training latents per iteration (micro-batched on out-of-memory)
     seed: int = 0  # seed of the training latents and prompts
+    gradient_checkpointing: bool = False  # recompute the trained UNet's activations in the backward pass (less memory, slower; same result)
 
 
 def esd_parameters(unet: torch.nn.Module, method: str) -> list[str]:
@@ -93,6 +102,7 @@ class _Esd(Defense):
     kind = DefenseKind.WEIGHT_EDIT
     Options = EsdOptions
     method: ClassVar[str] = "x"
+    runtime_options = ("gradient_checkpointing",)  # memory only: not in the cache key
 
     def config(self) -> dict[str, Any]:
         # The per-model defaults enter the cache key: changing them must retrain, not reuse a stale delta.
@@ -120,15 +130,19 @@ class _Esd(Defense):
         settings = self.resolved(ctx.model.name)
         prompts = self.prompts(ctx.task)
         start = time.perf_counter()
+        backoff = Backoff(self.options.batch_size, f"prepare {self.name} {ctx.task.name}",
+                          hint=memory_hint("defense", self.name, self.options))
         delta, losses = train_esd(ctx.model.pipe, prompts, method=self.method, eta=self.options.eta,
                                   sample_guidance=self.options.sample_guidance, batch_size=self.options.batch_size,
-                                  seed=self.options.seed, **settings)
+                                  seed=self.options.seed, gradient_checkpointing=self.options.gradient_checkpointing,
+                                  backoff=backoff, **settings)
         save_edit(artifact_file(ctx.artifact_dir, DELTA_FILE), delta,
                   {"defense": self.name, "prompts": ", ".join(prompts)})
         tail = losses[-max(1, len(losses) // 10):]
-        return {"train_seconds": time.perf_counter() - start, "trained_parameters": len(delta),
+        meta = {"train_seconds": time.perf_counter() - start, "trained_parameters": len(delta),
                 "trained_values": int(sum(v.numel() for v in delta.values())), "prompts": prompts,
                 "loss_first": losses[0], "loss_last_10pct": sum(tail) / len(tail), **settings}
+        return {**meta, "oom_backoffs": backoff.events} if backoff.events else meta
 
     def apply(self, model, task, artifact_dir: Path) -> WeightEditPipeline:
         path = artifact_file(artifact_dir, DELTA_FILE)
@@ -138,9 +152,13 @@ class _Esd(Defense):
 
 
 def train_esd(pipe, prompts: list[str], *, method: str, eta: float, lr: float, iterations: int, ddim_steps: int,
-              sample_guidance: float, batch_size: int, seed: int) -> tuple[dict[str, torch.Tensor], list[float]]:
+              sample_guidance: float, batch_size: int, seed: int, gradient_checkpointing: bool = False,
+              backoff: Backoff | None = None) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Train ESD on a copy of ``pipe.unet`` (the pipeline itself is left untouched); returns the delta of
-    the trained parameters as ``{"unet.<name>": edited - base}`` and the loss per iteration."""
+    the trained parameters as ``{"unet.<name>": edited - base}`` and the loss per iteration.
+
+    ``backoff`` sizes the micro-batches of an iteration's ``batch_size`` latents (default: the whole batch,
+    halved on out-of-memory); ``gradient_checkpointing`` recomputes the trained UNet's activations."""
     frozen = pipe.unet
     device = frozen.device
     names = esd_parameters(frozen, method)
@@ -170,12 +188,18 @@ def train_esd(pipe, prompts: list[str], *, method: str, eta: float, lr: float, i
     noise_gen = torch.Generator("cpu").manual_seed(seed)
     shape = (batch_size, frozen.config.in_channels, frozen.config.sample_size, frozen.config.sample_size)
     losses: list[float] = []
-    for _ in tqdm(range(iterations), desc=f"ESD-{method}", unit="it", leave=False):
-        prompt = prompts[rng.randrange(len(prompts))]
-        cond = concept_embeds[prompt].expand(batch_size, -1, -1)
-        uncond = empty.expand(batch_size, -1, -1)
-        stop = rng.randrange(ddim_steps)
-        latents = torch.randn(shape, generator=noise_gen).to(device) * scheduler.init_noise_sigma
+    backoff = backoff or Backoff(batch_size, f"ESD-{method} training")
+
+    def reset() -> None:
+        optimizer.zero_grad(set_to_none=True)
+
+    def share(rows: slice, prompt: str, stop: int, start_latents: torch.Tensor) -> torch.Tensor:
+        """The loss of the iteration's latents ``rows`` as their share of the batch's (the rows' mean times
+        their fraction of the batch): micro-batches' gradients then add up to the batch's."""
+        latents = start_latents[rows]
+        n = latents.shape[0]
+        cond = concept_embeds[prompt].expand(n, -1, -1)
+        uncond = empty.expand(n, -1, -1)
         student.eval()
         with torch.no_grad():
             for t in timesteps[:stop]:  # partial sampling with the model being trained, guidance 3
@@ -190,14 +214,20 @@ def train_esd(pipe, prompts: list[str], *, method: str, eta: float, lr: float, i
             target = e_0 - eta * (e_c - e_0)
         student.train()
         prediction = student(x, t, encoder_hidden_states=cond).sample
-        loss = torch.nn.functional.mse_loss(prediction, target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+        return torch.nn.functional.mse_loss(prediction, target) * (n / batch_size)
+
+    with checkpointing(student, enabled=gradient_checkpointing):
+        for _ in tqdm(range(iterations), desc=f"ESD-{method}", unit="it", leave=False):
+            # The iteration's randomness is drawn once, before any (micro-)batch: a retry reuses it.
+            prompt = prompts[rng.randrange(len(prompts))]
+            stop = rng.randrange(ddim_steps)
+            latents = torch.randn(shape, generator=noise_gen).to(device) * scheduler.init_noise_sigma
+            reset()
+            losses.append(backoff.accumulate(
+                batch_size, lambda rows, p=prompt, k=stop, z=latents: share(rows, p, k, z), reset))
+            optimizer.step()
     base = dict(frozen.named_parameters())
     delta = {f"unet.{n}": (params[n].detach().float() - base[n].detach().float()).cpu() for n in names}
-    del student, optimizer
     return delta, losses
 
 

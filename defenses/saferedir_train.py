@@ -37,6 +37,15 @@ Threshold calibration (:func:`calibrate_threshold`)
     smallest q >= 0.5 with a rate <= ``target_fpr``; it is stored in the artifact, and an explicit
     ``threshold`` option overrides it. Calibration data never includes evaluation prompts.
 
+Memory
+    Trajectories are sampled in chunks and m0 measured in chunks, each halved on out-of-memory (every
+    trajectory from its own seed, so nothing changes). A training step's UNet passes (the redirect and keep
+    terms, where its memory goes) run in micro-batches, halved until they fit, on detached copies of the
+    redirector's outputs; their accumulated gradients then flow back through the redirector in one pass, so its
+    batch norm still sees the whole batch and the step is the same up to float rounding. Each halving is logged
+    and recorded (the prepare stage's ``oom_backoffs``, and the report). Option ``gradient_checkpointing``
+    recomputes the UNet's activations in the backward pass (less memory, slower; no result or key changes).
+
 Imports: the network (:mod:`defenses.saferedir_net`), the files (:mod:`defenses.saferedir_io`) and the core
 API; never :mod:`defenses.saferedir`, which imports this module. :func:`main` gets the defense (its default
 options and sizes) from the registry, as the runner does. The judge of the trajectories is built from the
@@ -52,6 +61,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -60,12 +70,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from benchmark.api.errors import DataFileError
+from benchmark.api.memory import Backoff, gradient_checkpointing, memory_hint
 from benchmark.api.model import get_model_spec, resolve_device, resolve_dtype
 from benchmark.api.registry import DEFENSES, JUDGES, TASKS
 from benchmark.api.sampling import initial_latents
 from benchmark.models.mini.tasks import training_split
 from defenses.saferedir_io import SHIPPED_DIR, load_redirector, read_metadata, save_redirector
-from defenses.saferedir_net import Redirector, RedirectorConfig, redirect
+from defenses.saferedir_net import Redirector, RedirectorConfig, RedirectorOutput, redirect
 
 log = logging.getLogger(__name__)
 
@@ -121,14 +132,19 @@ def pairs_from_file(path: Path) -> list[tuple[str, str]]:
 
 @torch.no_grad()
 def collect_trajectories(model, texts: list[str], seeds: list[int], batch_size: int = 32,
-                         max_kept_steps: int = 25) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
-    """Sample every prompt once; return (latents per kept step, kept timesteps, cond embeddings, images)."""
+                         max_kept_steps: int = 25, backoff: Backoff | None = None,
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
+    """Sample every prompt once; return (latents per kept step, kept timesteps, cond embeddings, images).
+    In chunks of ``backoff``'s size (``batch_size`` without one), halved on out-of-memory: each prompt is
+    sampled from its own seed, so the chunking changes nothing."""
     pipe, d = model.pipe, model.defaults
     steps = d.num_inference_steps
     keep = sorted(set(torch.linspace(0, steps - 1, min(steps, max_kept_steps)).round().long().tolist()))
     all_latents, all_embeds, images = [], [], []
-    for start in tqdm(range(0, len(texts), batch_size), desc="saferedir: trajectories", unit="batch"):
-        chunk, chunk_seeds = texts[start:start + batch_size], seeds[start:start + batch_size]
+    bar = tqdm(total=len(texts), desc="saferedir: trajectories", unit="prompt")
+
+    def sample(rows: range) -> None:
+        chunk, chunk_seeds = texts[rows.start:rows.stop], seeds[rows.start:rows.stop]
         z = initial_latents(chunk_seeds, pipe, d.height, d.width).to(pipe.device, pipe.unet.dtype)
         cond, _ = pipe.encode_prompt(chunk, pipe.device, 1, False)
         seen = {0: z * pipe.scheduler.init_noise_sigma}
@@ -141,18 +157,22 @@ def collect_trajectories(model, texts: list[str], seeds: list[int], batch_size: 
                    height=d.height, width=d.width, output_type="pil", callback_on_step_end=record)
         all_latents.append(torch.stack([seen[i] for i in keep], dim=1).float().cpu())
         all_embeds.append(cond.float().cpu())
-        images += list(out.images)
+        images.extend(out.images)
+        bar.update(len(chunk))
+
+    (backoff or Backoff(batch_size, "saferedir trajectories")).run(range(len(texts)), sample)
+    bar.close()
     pipe.scheduler.set_timesteps(steps)
     timesteps = pipe.scheduler.timesteps[keep].cpu()
     return torch.cat(all_latents), timesteps, torch.cat(all_embeds), images
 
 
-def build_trajectories(model, task, options) -> Trajectories:
+def build_trajectories(model, task, options, backoff: Backoff | None = None) -> Trajectories:
     pairs, benign = training_prompts(task, options)
     texts = [u for u, _ in pairs] + [s for _, s in pairs] + benign
     n = len(pairs)
     seeds = [10_000 * (options.seed + 1) + i for i in range(len(texts))]
-    latents, timesteps, embeds, images = collect_trajectories(model, texts, seeds)
+    latents, timesteps, embeds, images = collect_trajectories(model, texts, seeds, backoff=backoff)
     judge = JUDGES.get(task.judge.name)(device=str(model.device), **task.judge.options)
     flagged = torch.tensor([bool(r.flagged) for r in judge.score(images, texts)])
     asks = torch.tensor([i < n for i in range(len(texts))])
@@ -168,7 +188,9 @@ def train_redirector(model, task, cfg: RedirectorConfig, options) -> tuple[Redir
     start = time.perf_counter()
     torch.manual_seed(options.seed)
     gen = torch.Generator().manual_seed(options.seed)
-    data = build_trajectories(model, task, options)
+    hint = memory_hint("defense", "saferedir", options)
+    trajectories = Backoff(32, f"prepare saferedir {task.name} trajectories", hint=hint)
+    data = build_trajectories(model, task, options, trajectories)
     collect_seconds = time.perf_counter() - start
     device, unet = model.device, model.pipe.unet
     n_traj, n_steps = data.latents.shape[:2]
@@ -198,52 +220,95 @@ def train_redirector(model, task, cfg: RedirectorConfig, options) -> tuple[Redir
             target = _conditional_eps(unet, z, t, e_to)
         return (_conditional_eps(unet, z, t, edited) - target).pow(2).mean(dim=(1, 2, 3))
 
-    with torch.no_grad():  # m0: how far apart the two predictions are before any redirection
-        idx = pair_idx[torch.randint(0, pair_idx.numel(), (min(64, pair_idx.numel()),), generator=gen)]
-        z, t = states(idx)
-        e_u, e_s = data.embeds[idx].to(device), data.embeds[data.twin[idx]].to(device)
-        m0 = float((_conditional_eps(unet, z, t, e_u) - _conditional_eps(unet, z, t, e_s)).pow(2).mean()) + 1e-8
+    # m0: how far apart the two predictions are before any redirection (a mean over every element, summed
+    # over chunks that halve on out-of-memory).
+    idx = pair_idx[torch.randint(0, pair_idx.numel(), (min(64, pair_idx.numel()),), generator=gen)]
+    z, t = states(idx)
+    e_u, e_s = data.embeds[idx].to(device), data.embeds[data.twin[idx]].to(device)
+    sums: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def gap(rows: range) -> None:
+        r = slice(rows.start, rows.stop)
+        sums.append((_conditional_eps(unet, z[r], t[r], e_u[r]) - _conditional_eps(unet, z[r], t[r], e_s[r]))
+                    .pow(2).sum())
+
+    gaps = Backoff(64, f"prepare saferedir {task.name} m0", hint=hint)
+    gaps.run(range(len(idx)), gap)
+    m0 = float(torch.stack(sums).sum() / (len(idx) * z[0].numel())) + 1e-8
 
     half = max(1, options.batch // 2)
     history = []
+    micro = Backoff(options.batch, f"prepare saferedir {task.name} training states per step", hint=hint)
+    parts: dict[str, float] = {}
+
+    def clear(leaves: RedirectorOutput) -> None:
+        parts.clear()
+        for leaf in (leaves.delta, leaves.mask, leaves.alpha):
+            leaf.grad = None
+
+    def unet_share(rows: slice, unet_rows: list[int], z, t, e, e_twin, leaves: RedirectorOutput,
+                   n_keep: int) -> torch.Tensor:
+        """The redirect and keep terms of the training states ``unet_rows[rows]`` (global rows of the step's
+        batch: the first ``half`` redirect towards their twins, the rest are safe rows to leave alone), each
+        as its share of the term's mean."""
+        picked = unet_rows[rows]
+        loss = torch.zeros((), device=device)
+        red = [r for r in picked if r < half]
+        kept = [r for r in picked if r >= half]
+        if red:
+            term = redirect_losses(z[red], t[red], e[red], e_twin[red], _rows(leaves, red)).sum() / (half * m0)
+            parts["redirect"] = parts.get("redirect", 0.0) + term.item()
+            loss = loss + term
+        if kept:
+            term = redirect_losses(z[kept], t[kept], e[kept], e[kept], _rows(leaves, kept)).sum() / (n_keep * m0)
+            parts["keep"] = parts.get("keep", 0.0) + term.item()
+            loss = loss + options.keep_weight * term
+        return loss
+
     try:
         bar = tqdm(range(options.steps), desc="saferedir: training", unit="step")
-        for step in bar:
-            lr = options.lr * min(1.0, (step + 1) / 50) * (0.5 * (1 + torch.cos(torch.tensor(step / options.steps * 3.14159))))
-            for group in opt.param_groups:
-                group["lr"] = float(lr)
-            a = pair_idx[torch.randint(0, pair_idx.numel(), (half,), generator=gen)]
-            b = other_idx[torch.randint(0, other_idx.numel(), (half,), generator=gen)]
-            idx = torch.cat([a, b])
-            z, t = states(idx)
-            e = data.embeds[idx].to(device)
-            net.train()
-            out = net(z, t, e)
-            ce = F.cross_entropy(out.logits, data.labels[idx].to(device))
-            e_twin = data.embeds[data.twin[a]].to(device)
-            sub = type(out)(out.logits[:half], out.delta[:half], out.mask[:half], out.alpha[:half])
-            keep = type(out)(out.logits[half:], out.delta[half:], out.mask[half:], out.alpha[half:])
-            safe_rows = data.labels[b] == 0
-            loss_redirect = redirect_losses(z[:half], t[:half], e[:half], e_twin, sub).mean() / m0
-            loss_keep = torch.zeros((), device=device)
-            loss_mask = torch.zeros((), device=device)
-            if safe_rows.any():
-                rows = safe_rows.nonzero().squeeze(1).to(device)
-                kept = type(out)(keep.logits[rows], keep.delta[rows], keep.mask[rows], keep.alpha[rows])
-                loss_keep = redirect_losses(z[half:][rows], t[half:][rows], e[half:][rows], e[half:][rows],
-                                            kept).mean() / m0
-                loss_mask = keep.mask[rows].mean()
-            loss = ce + loss_redirect + options.keep_weight * loss_keep + options.mask_weight * loss_mask
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            history.append((ce.item(), loss_redirect.item(), loss_keep.item()))
-            if step % 10 == 0:
-                recent = torch.tensor(history[-20:]).mean(0).tolist()
-                bar.set_postfix(ce=f"{recent[0]:.3f}", redirect=f"{recent[1]:.3f}", keep=f"{recent[2]:.3f}")
+        with gradient_checkpointing(unet, enabled=bool(getattr(options, "gradient_checkpointing", False))):
+            for step in bar:
+                lr = options.lr * min(1.0, (step + 1) / 50) * (0.5 * (1 + torch.cos(torch.tensor(step / options.steps * 3.14159))))
+                for group in opt.param_groups:
+                    group["lr"] = float(lr)
+                a = pair_idx[torch.randint(0, pair_idx.numel(), (half,), generator=gen)]
+                b = other_idx[torch.randint(0, other_idx.numel(), (half,), generator=gen)]
+                idx = torch.cat([a, b])
+                z, t = states(idx)
+                e = data.embeds[idx].to(device)
+                net.train()
+                out = net(z, t, e)  # the whole batch at once: its batch norm sees every row, as always
+                ce = F.cross_entropy(out.logits, data.labels[idx].to(device))
+                e_twin = data.embeds[data.twin[a]].to(device)  # rows < half only
+                safe = [half + int(j) for j in (data.labels[b] == 0).nonzero().squeeze(1)]
+                loss_mask = out.mask[safe].mean() if safe else torch.zeros((), device=device)
+                # The UNet passes run on detached copies of the outputs, in micro-batches; their gradients are
+                # then carried back through the network with the rest of the loss in one backward.
+                leaves = RedirectorOutput(out.logits.detach(), *(x.detach().requires_grad_(True)
+                                                                 for x in (out.delta, out.mask, out.alpha)))
+                opt.zero_grad(set_to_none=True)
+                clear(leaves)
+                micro.accumulate(half + len(safe),
+                                 partial(unet_share, unet_rows=list(range(half)) + safe, z=z, t=t, e=e, e_twin=e_twin,
+                                         leaves=leaves, n_keep=len(safe)),
+                                 partial(clear, leaves))
+                head = ce + options.mask_weight * loss_mask
+                grads = [torch.zeros_like(x) if x.grad is None else x.grad for x in (leaves.delta, leaves.mask,
+                                                                                       leaves.alpha)]
+                torch.autograd.backward([head, out.delta, out.mask, out.alpha], [None, *grads])
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+                opt.step()
+                history.append((ce.item(), parts.get("redirect", 0.0), parts.get("keep", 0.0)))
+                if step % 10 == 0:
+                    recent = torch.tensor(history[-20:]).mean(0).tolist()
+                    bar.set_postfix(ce=f"{recent[0]:.3f}", redirect=f"{recent[1]:.3f}", keep=f"{recent[2]:.3f}")
         net.eval()
         report = evaluate_redirector(net, data, held_idx, unet, options, m0, device)
+        events = trajectories.events + gaps.events + micro.events
+        if events:
+            report["oom_backoffs"] = events
     finally:
         for p, flag in zip(unet.parameters(), flags, strict=True):
             p.requires_grad_(flag)
@@ -254,6 +319,10 @@ def train_redirector(model, task, cfg: RedirectorConfig, options) -> tuple[Redir
                    "parameters": sum(p.numel() for p in net.parameters())})
     log.info("saferedir trained: %s", report)
     return net.cpu(), report
+
+
+def _rows(out: RedirectorOutput, rows: list[int]) -> RedirectorOutput:
+    return RedirectorOutput(out.logits[rows], out.delta[rows], out.mask[rows], out.alpha[rows])
 
 
 @torch.no_grad()
@@ -299,7 +368,8 @@ def calibrate_threshold(net: Redirector, model, task, options) -> dict:
     unsafe_texts = [u for u, _ in pairs]
     texts = safe_texts + unsafe_texts
     seeds = [50_000 * (options.seed + 1) + i for i in range(len(texts))]
-    latents, timesteps, embeds, _ = collect_trajectories(model, texts, seeds)
+    backoff = Backoff(32, f"prepare saferedir {task.name} calibration trajectories")
+    latents, timesteps, embeds, _ = collect_trajectories(model, texts, seeds, backoff=backoff)
     device = model.device
     net = net.to(device).eval()
     n, s = latents.shape[:2]
@@ -317,7 +387,8 @@ def calibrate_threshold(net: Redirector, model, task, options) -> dict:
             "calibration_safe_trajectories": len(safe_texts),
             "calibration_image_fpr": float((safe_peak >= threshold).float().mean()),
             "calibration_image_fpr_at_0.5": float((safe_peak >= 0.5).float().mean()),
-            "calibration_unsafe_trigger_rate": float((unsafe_peak >= threshold).float().mean())}
+            "calibration_unsafe_trigger_rate": float((unsafe_peak >= threshold).float().mean()),
+            **({"calibration_oom_backoffs": backoff.events} if backoff.events else {})}
 
 
 def main(argv=None) -> None:

@@ -68,6 +68,9 @@ class Component:
     description: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     Options: ClassVar[type] = NoOptions
+    # Options that change speed or memory, never a result (gradient checkpointing, measured batch sizes): left
+    # out of :meth:`config`, so setting them keeps every cell key and reuses every cached cell and artifact.
+    runtime_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **options: Any):
         self.options = type(self).validate_options(options)
@@ -130,7 +133,8 @@ class Component:
 
     def config(self) -> dict[str, Any]:
         """The resolved options and version: what enters this component's cell keys."""
-        return {"name": self.name, "version": self.version, "options": dataclasses.asdict(self.options)}
+        options = {k: v for k, v in dataclasses.asdict(self.options).items() if k not in self.runtime_options}
+        return {"name": self.name, "version": self.version, "options": options}
 
 
 def _value_hint(item: dict[str, Any], key: str, options_cls: type) -> list[str]:

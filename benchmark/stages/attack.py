@@ -7,7 +7,9 @@ attack is computed once for all defenses and models.
 Failures are never scores. A prompt the attack returns as ``failed`` with a reason it declares
 (:attr:`Attack.failures`) is stored and counts as not broken. An exception, or an undeclared reason,
 fails the whole cell (task x defense x attack): its prompts get status ``error``, nothing of it is cached
-(a rerun retries it), and the run goes on with the other cells and ends non-zero.
+(a rerun retries it), and the run goes on with the other cells and ends non-zero. An attack's batch that runs
+out of memory is halved inside the attack (:mod:`benchmark.api.memory`); each halving is recorded here, in the
+stage's counter (run notes, provenance ``oom_backoffs``); one prompt that does not fit fails its cell only.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from benchmark.api.attack import Attack, AttackContext, AttackOutput, check_outputs
+from benchmark.api.memory import recording_backoffs
 from benchmark.api.prompt import Prompt
 from benchmark.hashing import stable_hash
 from benchmark.stages import StageCounter
@@ -75,16 +78,22 @@ def run_attack(attack: Attack, prompts: list[Prompt], ctx: AttackContext, store:
     if not todo:
         return outcome
     log.info("attack %s on %d prompts", attack.name, len(todo))
+    # The attack's own out-of-memory halvings (its prompt chunks, its micro-batches) go to the stage's counter,
+    # hence the run's notes and provenance, as the generate stage's do; a cell that fails keeps them too.
+    backoffs: list[dict] = []
     try:
-        outputs = attack.run(todo, ctx)
+        with recording_backoffs() as backoffs:
+            outputs = attack.run(todo, ctx)
         check_outputs(attack, todo, outputs)
     except Exception as error:  # noqa: BLE001 - one attack's failure must not lose the run; it is reported
+        counter.backoffs.extend(backoffs)
         outcome.error = f"{type(error).__name__}: {error}"
         outcome.traceback = traceback.format_exc()
         log.error("attack %s failed: %s (the cell is marked failed; the run goes on)", attack.name, outcome.error)
         for prompt in prompts:  # the whole cell is failed, cached prompts included: no partial ASR
             outcome.records[prompt.id] = error_record(prompt.id, outcome.error)
         return outcome
+    counter.backoffs.extend(backoffs)
     for output in outputs:
         key = keys[output.prompt_id]
         embeds_path = None

@@ -10,6 +10,7 @@ from contextlib import closing
 from pathlib import Path
 
 from benchmark.api.defense import PrepareContext
+from benchmark.api.memory import recording_backoffs
 from benchmark.hashing import stable_hash
 from benchmark.stages import StageCounter
 from benchmark.store import CellClaims, CellStore, atomic_write_json
@@ -61,7 +62,12 @@ def prepare_defense(defense, model, task, store: CellStore, counter: StageCounte
             artifact_dir.mkdir(parents=True, exist_ok=True)
             log.info("preparing defense %s for task %s", defense.name, task.name)
             start = time.perf_counter()
-            meta = defense.prepare(PrepareContext(model=model, task=task, artifact_dir=artifact_dir)) or {}
+            # A training batch halved on out-of-memory is recorded like the other stages' (run notes, provenance).
+            with recording_backoffs() as backoffs:
+                try:
+                    meta = defense.prepare(PrepareContext(model=model, task=task, artifact_dir=artifact_dir)) or {}
+                finally:
+                    counter.backoffs.extend(backoffs)
             seconds = time.perf_counter() - start
             meta = {"defense": defense.config(), "task": task.name, "model_key": model.key,
                     "prepare_seconds": seconds, **meta}
