@@ -6,6 +6,9 @@ path (224 px preprocessing, ViT-L/14's 257 tokens, 768-d projections, SD's CLIP 
 Its scores mean nothing; what it proves is that the user's path loads and runs.
 
     python benchmarks/random_clip.py /tmp/clip-vit-l14-random        # ~1.7 GB (fp32)
+
+``--safety-checker`` writes SD's safety checker (the same vision tower) in the same way, for the ``filter``
+defense (``--option defense:filter.checker=FOLDER``).
 """
 
 from __future__ import annotations
@@ -15,9 +18,22 @@ from pathlib import Path
 
 import torch
 
+# ViT-L/14's vision tower, as in CLIP ViT-L/14 and SD's safety checker.
+VISION = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+          "image_size": 224, "patch_size": 14, "hidden_act": "quick_gelu"}
+
+
+def clip_image_processor():
+    from transformers import CLIPImageProcessor
+
+    # ViT-L/14's preprocessing: shortest side 224, centre crop, CLIP's mean/std
+    return CLIPImageProcessor(
+        size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, do_center_crop=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
+
 
 def write_random_clip(folder: str | Path, seed: int = 0) -> Path:
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    from transformers import CLIPConfig, CLIPModel
 
     from benchmark.models.sd14_shaped import sd14_tokenizer
 
@@ -28,16 +44,12 @@ def write_random_clip(folder: str | Path, seed: int = 0) -> Path:
                      "num_hidden_layers": 12, "num_attention_heads": 12, "max_position_embeddings": 77,
                      "hidden_act": "quick_gelu", "bos_token_id": tokenizer.bos_token_id,
                      "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
-        vision_config={"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
-                       "num_attention_heads": 16, "image_size": 224, "patch_size": 14, "hidden_act": "quick_gelu"},
-        projection_dim=768,
+        vision_config=VISION, projection_dim=768,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CLIPModel(config)
-    images = CLIPImageProcessor(  # ViT-L/14's preprocessing: shortest side 224, centre crop, CLIP's mean/std
-        size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, do_center_crop=True,
-        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
+    images = clip_image_processor()
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
     images.save_pretrained(folder)  # preprocessor_config.json, as the hub folder has it
@@ -45,12 +57,33 @@ def write_random_clip(folder: str | Path, seed: int = 0) -> Path:
     return folder
 
 
+def write_random_safety_checker(folder: str | Path, seed: int = 0) -> Path:
+    """SD's safety checker (a ViT-L/14 vision tower, 17 concept and 3 special-care embeddings) with RANDOM
+    weights, with its preprocessor, for the ``filter`` defense (``--option defense:filter.checker=FOLDER``).
+    Its flags mean nothing; it proves the full-size filter path loads and runs offline (~1.2 GB)."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig
+
+    folder = Path(folder)
+    config = CLIPConfig(text_config={"hidden_size": 768}, vision_config=VISION, projection_dim=768)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        checker = StableDiffusionSafetyChecker(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    checker.save_pretrained(folder, safe_serialization=True)
+    clip_image_processor().save_pretrained(folder)
+    return folder
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--safety-checker", action="store_true",
+                        help="write SD's safety checker (ViT-L/14-shaped, random) instead, for defense 'filter'")
     args = parser.parse_args(argv)
-    print(write_random_clip(args.folder, args.seed))
+    write = write_random_safety_checker if args.safety_checker else write_random_clip
+    print(write(args.folder, args.seed))
 
 
 if __name__ == "__main__":

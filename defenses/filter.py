@@ -42,7 +42,7 @@ from PIL import Image
 from pydantic import Field
 
 from benchmark.api.defense import DefendedPipeline, Defense, DefenseKind
-from benchmark.api.errors import ConfigError
+from benchmark.api.errors import ConfigError, ModelUnavailableError
 from benchmark.api.registry import DEFENSES
 from benchmark.models.mini import DETECTOR_DIR
 
@@ -86,6 +86,10 @@ def mini_detector(label: str, threshold: float, device):
     return detect
 
 
+class SafetyCheckerMissingError(ModelUnavailableError, FileNotFoundError):
+    """The SD safety checker is neither a local folder nor in the local hub cache."""
+
+
 def checker_folders(checker: str, revision: str | None) -> tuple[Path, Path]:
     """(safety checker folder, preprocessor folder), offline."""
     path = Path(checker).expanduser()
@@ -98,7 +102,7 @@ def checker_folders(checker: str, revision: str | None) -> tuple[Path, Path]:
     try:
         folder = Path(snapshot_download(checker, revision=revision, local_files_only=True))
     except Exception as error:
-        raise FileNotFoundError(
+        raise SafetyCheckerMissingError(
             f"filter: the SD safety checker {checker!r} is neither a local folder nor in the local hub cache "
             f"({type(error).__name__}). Download it where the hub is reachable (`huggingface-cli download "
             f"{SAFETY_CHECKER_HUB_ID}`) and copy the cache here, or pass --option defense:filter.checker=/path "
@@ -155,6 +159,8 @@ class Filter(Defense):
     def check_inputs(self, ctx) -> None:
         if self.detector(ctx.model) == "mini-detector":
             self.label(ctx.task)
+        else:  # the checker must be on disk before any work (an offline lookup, nothing is loaded)
+            checker_folders(self.options.checker, self.options.revision)
 
     def apply(self, model, task, artifact_dir: Path) -> FilterPipeline:
         detector = self.detector(model.name)

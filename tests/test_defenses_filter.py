@@ -13,7 +13,7 @@ from benchmark.api.model import LoadedModel, SamplerDefaults
 from benchmark.api.registry import TASKS
 from benchmark.models.mini.world import render_scene, to_pil
 from conftest import TOY
-from defenses.filter import Filter
+from defenses.filter import Filter, SafetyCheckerMissingError
 
 
 def fake_model(name: str) -> LoadedModel:
@@ -55,7 +55,16 @@ def test_the_label_is_checked_before_any_work():
     with pytest.raises(ConfigError, match="names no mini-detector label"):  # toy's judge (NudeNet) has none
         Filter(detector="mini-detector").check_inputs(CheckContext("tiny-random", TOY))
     Filter().check_inputs(CheckContext("sd-mini", TASKS.get("mini-unsafe")))
-    Filter().check_inputs(CheckContext("sd-1.4", TOY))  # the safety checker needs no label
+
+
+
+def test_a_missing_safety_checker_fails_before_any_work(tmp_path):
+    """SD models: the checker must be a local folder or in the hub cache when the run is checked (resolve's dry
+    run), not when the defense is applied after an hour of other defenses. It needs no label."""
+    with pytest.raises(SafetyCheckerMissingError, match="huggingface-cli download.*defense:filter.checker"):
+        Filter(checker="nobody/no-such-safety-checker").check_inputs(CheckContext("sd-1.4", TOY))
+    (tmp_path / "preprocessor_config.json").write_text("{}")
+    Filter(checker=str(tmp_path)).check_inputs(CheckContext("sd-1.4", TOY))
 
 
 def test_sd_safety_checker_offline_without_weights_says_how_to_get_them():
