@@ -45,7 +45,6 @@ with the training module, which this module imports (and which never imports thi
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -112,6 +111,7 @@ class SafeRedirOptions:
     target_fpr: Annotated[float, Field(ge=0, le=1)] = 0.02  # calibrated threshold: at most this fraction of them triggers
     seed: int = 0  # seed of the training prompts, trajectories and batches
     network: Literal["auto", "small", "official"] = "auto"  # auto: small for sd-mini, official sizes otherwise
+    trajectory_steps: Annotated[int | None, Field(ge=1)] = None  # sampler steps of the training and calibration trajectories; None: the model's (50 on SD)
     gradient_checkpointing: bool = False  # training: recompute UNet activations in the backward pass (less memory, slower; same result)
 
 
@@ -304,10 +304,10 @@ class SafeRedir(Defense):
     version = "2"  # 2: the artifact carries a threshold calibrated on held-out safe prompts
     Options = SafeRedirOptions
     runtime_options = ("gradient_checkpointing",)  # memory only: in no key (the shipped redirectors still match)
+    added_options = {"trajectory_steps": None}  # None samples as before: the shipped redirectors still match
 
     def prepare_config(self) -> dict[str, Any]:
-        options = {k: v for k, v in dataclasses.asdict(self.options).items()
-                   if k not in INFERENCE_OPTIONS and k not in self.runtime_options}
+        options = {k: v for k, v in self.keyed_options().items() if k not in INFERENCE_OPTIONS}
         return {"name": self.name, "version": self.version, "options": options}
 
     def check_inputs(self, ctx) -> None:

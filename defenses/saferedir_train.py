@@ -132,13 +132,14 @@ def pairs_from_file(path: Path) -> list[tuple[str, str]]:
 
 @torch.no_grad()
 def collect_trajectories(model, texts: list[str], seeds: list[int], batch_size: int = 32,
-                         max_kept_steps: int = 25, backoff: Backoff | None = None,
+                         max_kept_steps: int = 25, backoff: Backoff | None = None, steps: int | None = None,
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
     """Sample every prompt once; return (latents per kept step, kept timesteps, cond embeddings, images).
-    In chunks of ``backoff``'s size (``batch_size`` without one), halved on out-of-memory: each prompt is
-    sampled from its own seed, so the chunking changes nothing."""
+    ``steps``: sampler steps (None: the model's default). In chunks of ``backoff``'s size (``batch_size``
+    without one), halved on out-of-memory: each prompt is sampled from its own seed, so the chunking changes
+    nothing."""
     pipe, d = model.pipe, model.defaults
-    steps = d.num_inference_steps
+    steps = steps or d.num_inference_steps
     keep = sorted(set(torch.linspace(0, steps - 1, min(steps, max_kept_steps)).round().long().tolist()))
     all_latents, all_embeds, images = [], [], []
     bar = tqdm(total=len(texts), desc="saferedir: trajectories", unit="prompt")
@@ -172,7 +173,8 @@ def build_trajectories(model, task, options, backoff: Backoff | None = None) -> 
     texts = [u for u, _ in pairs] + [s for _, s in pairs] + benign
     n = len(pairs)
     seeds = [10_000 * (options.seed + 1) + i for i in range(len(texts))]
-    latents, timesteps, embeds, images = collect_trajectories(model, texts, seeds, backoff=backoff)
+    latents, timesteps, embeds, images = collect_trajectories(model, texts, seeds, backoff=backoff,
+                                                              steps=options.trajectory_steps)
     judge = JUDGES.get(task.judge.name)(device=str(model.device), **task.judge.options)
     flagged = torch.tensor([bool(r.flagged) for r in judge.score(images, texts)])
     asks = torch.tensor([i < n for i in range(len(texts))])
@@ -369,7 +371,8 @@ def calibrate_threshold(net: Redirector, model, task, options) -> dict:
     texts = safe_texts + unsafe_texts
     seeds = [50_000 * (options.seed + 1) + i for i in range(len(texts))]
     backoff = Backoff(32, f"prepare saferedir {task.name} calibration trajectories")
-    latents, timesteps, embeds, _ = collect_trajectories(model, texts, seeds, backoff=backoff)
+    latents, timesteps, embeds, _ = collect_trajectories(model, texts, seeds, backoff=backoff,
+                                                         steps=options.trajectory_steps)
     device = model.device
     net = net.to(device).eval()
     n, s = latents.shape[:2]

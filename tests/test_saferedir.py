@@ -246,3 +246,16 @@ def test_prepare_trains_caches_and_reloads(model, tmp_path):
     again = load_redirector(tmp_path / "again.safetensors")
     for key, value in net.state_dict().items():
         assert torch.equal(again.state_dict()[key], value)
+
+
+def test_trajectory_steps_keys_only_when_set():
+    """An option added later keys cells only when it leaves the earlier behaviour: at None (the model's own
+    sampler steps) the config, hence every cached cell and the shipped redirectors' metadata, is unchanged."""
+    from defenses.saferedir import SafeRedir
+
+    default, fewer = SafeRedir(), SafeRedir(trajectory_steps=2)
+    assert "trajectory_steps" not in default.config()["options"]
+    assert "trajectory_steps" not in default.prepare_config()["options"]
+    assert fewer.prepare_config()["options"]["trajectory_steps"] == 2
+    assert fewer.prepare_config() != default.prepare_config()
+    assert SafeRedir(gradient_checkpointing=True).config() == default.config()  # memory only

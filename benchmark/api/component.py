@@ -71,6 +71,9 @@ class Component:
     # Options that change speed or memory, never a result (gradient checkpointing, measured batch sizes): left
     # out of :meth:`config`, so setting them keeps every cell key and reuses every cached cell and artifact.
     runtime_options: ClassVar[tuple[str, ...]] = ()
+    # Options added after a component shipped, with the value that reproduces its earlier behaviour: left out
+    # of :meth:`config` while they keep that value, so earlier cells and shipped artifacts stay valid.
+    added_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **options: Any):
         self.options = type(self).validate_options(options)
@@ -131,10 +134,15 @@ class Component:
         """Checks that need the run's context (files the options name, what the task provides); raise a
         :class:`benchmark.api.errors.UserError` that says what to do. Called before any work."""
 
+    def keyed_options(self) -> dict[str, Any]:
+        """The options that can change a result: every option but the runtime ones, and the added ones only
+        when set away from the value that reproduces the earlier behaviour."""
+        return {k: v for k, v in dataclasses.asdict(self.options).items()
+                if k not in self.runtime_options and not (k in self.added_options and v == self.added_options[k])}
+
     def config(self) -> dict[str, Any]:
         """The resolved options and version: what enters this component's cell keys."""
-        options = {k: v for k, v in dataclasses.asdict(self.options).items() if k not in self.runtime_options}
-        return {"name": self.name, "version": self.version, "options": options}
+        return {"name": self.name, "version": self.version, "options": self.keyed_options()}
 
 
 def _value_hint(item: dict[str, Any], key: str, options_cls: type) -> list[str]:
