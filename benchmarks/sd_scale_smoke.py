@@ -276,6 +276,14 @@ def usage_table(results: list[RunResult]) -> str:
     return "\n".join(lines)
 
 
+def portable(text: str, places: dict[str, str]) -> str:
+    """``text`` with this machine's paths replaced by their roles (``<out>``, ``<repo>``), longest first, so
+    a results file can be committed and compared across machines."""
+    for place in sorted(places, key=len, reverse=True):
+        text = text.replace(place, places[place])
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--form", choices=("cross", "full"), default="cross",
@@ -342,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     path = args.results or REPO / "benchmarks" / "results" / f"sd-scale-smoke-{args.form}-{report['date']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    places = {str(args.out.resolve()): "<out>", str(args.out): "<out>", str(REPO): "<repo>",
+              sys.executable: "python", **({args.clip: "<clip>"} if args.clip else {})}
+    path.write_text(portable(json.dumps(report, indent=1, default=str), places) + "\n")
     print(markdown(status, attacks))
     print()
     print(usage_table(results))

@@ -101,6 +101,8 @@ def test_cross_form_runs_end_to_end_on_tiny_random(tmp_path):
         generate = run["stage_usage"]["generate"]
         assert generate["computed"] > 0 and generate["seconds"] > 0 and generate["peak_rss_mib"] > 100
     assert "| checkpoint | ok |" in proc.stdout
+    text = (tmp_path / "result.json").read_text()  # committable: no path of this machine
+    assert str(tmp_path) not in text and str(REPO) not in text and "<out>/store/smoke-defenses-" in text
 
 
 @pytest.mark.sdscale
