@@ -397,7 +397,9 @@ def inference_time_defenses() -> list[str]:
     from benchmark.api.defense import DefenseKind
     from benchmark.api.registry import DEFENSES
 
-    names = [n for n in DEFENSES.names() if getattr(DEFENSES.get(n), "kind", None) is DefenseKind.INFERENCE_TIME]
+    # built-ins only: tests register probe defenses in-process that a subprocess would not know
+    names = [n for n in DEFENSES.builtin_names()
+             if getattr(DEFENSES.get(n), "kind", None) is DefenseKind.INFERENCE_TIME]
     return sorted(names, key=lambda n: (n == "saferedir", n))
 
 
