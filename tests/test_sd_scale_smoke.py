@@ -107,9 +107,16 @@ def test_cross_form_runs_end_to_end_on_tiny_random(tmp_path):
 
 @pytest.mark.sdscale
 def test_cross_form_on_sd14_shaped(tmp_path):
-    """Every registered defense and attack end to end on SD-1.4's architecture at 512 px (CPU, fp32)."""
-    proc, report = _run(tmp_path, "--steps", "1", "--prompts", "1", "--benign", "0", timeout=4 * 3600)
+    """Every registered defense and attack end to end on SD-1.4's architecture (UNet, VAE, CLIP ViT-L/14 text
+    encoder, SD's tokenizer; CPU, fp32), at 256 px so that CI fits: at 512 px the defenses' half of this form
+    alone took 34 minutes on two cores (a 1-step 512 px image ~45 s, most of it the VAE decoder), which with
+    machines 2x apart could pass CI's 90. The 512 px form is the script's default; its results are committed
+    under benchmarks/results/. Parameters, weights and optimiser states, hence ESD-u's 20 GiB peak, do not
+    depend on the resolution."""
+    proc, report = _run(tmp_path, "--steps", "1", "--prompts", "1", "--benign", "0", "--size", "256",
+                        timeout=4 * 3600)
     assert proc.returncode == 0, f"{proc.stderr[-3000:]}\n{report['problems']}"
+    assert report["resolution"] == 256 and report["model"] == "sd14-shaped"
     defenses, attacks, deciding = smoke.registered()
     for defense, attack in smoke.planned_pairs("cross", defenses, attacks, deciding):
         assert report["matrix"][defense][attack] == "ok", (defense, attack)
