@@ -109,7 +109,7 @@ def test_cross_form_runs_end_to_end_on_tiny_random(tmp_path):
 def test_cross_form_on_sd14_shaped(tmp_path):
     """Every registered defense and attack end to end on SD-1.4's architecture (UNet, VAE, CLIP ViT-L/14 text
     encoder, SD's tokenizer; CPU, fp32), at 256 px so that CI fits: at 512 px the defenses' half of this form
-    alone took 34 minutes on two cores (a 1-step 512 px image ~45 s, most of it the VAE decoder), which with
+    alone took 34 minutes on two cores (~45 s per 1-step 512 px image in the generate stage), which with
     machines 2x apart could pass CI's 90. The 512 px form is the script's default; its results are committed
     under benchmarks/results/. Parameters, weights and optimiser states, hence ESD-u's 20 GiB peak, do not
     depend on the resolution."""
