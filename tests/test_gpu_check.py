@@ -4,7 +4,6 @@ budget), the README block and the GPU defaults are checked apart, without a mode
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,20 +13,12 @@ import time
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, load_script
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_check = _load_script()
+gpu_check = load_script(SCRIPT)
 
 
 def _numeric(value) -> bool:

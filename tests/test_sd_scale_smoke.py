@@ -8,7 +8,6 @@ CPU. Random weights: these prove shapes, memory and plumbing, never an ASR.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,20 +15,12 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_script
 
 SCRIPT = REPO / "benchmarks" / "sd_scale_smoke.py"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("sd_scale_smoke", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-smoke = _load_script()
+smoke = load_script(SCRIPT)
 
 
 def _run(out, *args: str, timeout: int = 1500) -> tuple[subprocess.CompletedProcess, dict]:
