@@ -43,6 +43,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -78,6 +80,7 @@ class SuiteResult:
     strict: Comparison | None = None  # compare --published as is (must refuse: the protocol differs)
     allowed: Comparison | None = None  # compare --published --allow-protocol-mismatch
     verdicts: dict[str, int] = field(default_factory=dict)  # the allowed comparison's closing counts
+    run_config: dict[str, Any] = field(default_factory=dict)  # what the run used: model, prompts, sampler, dtype
     log_tail: str = ""
 
     def problems(self) -> list[str]:
@@ -161,7 +164,12 @@ def record(result: SuiteResult, config: dict[str, Any]) -> SuiteResult:
     if run_dir is None or not (run_dir / "provenance.json").is_file():
         result.run_dir = None
         return result
-    result.stage_usage = json.loads((run_dir / "provenance.json").read_text()).get("stage_usage", {})
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    result.stage_usage = provenance.get("stage_usage", {})
+    if (run_dir / "config.yaml").is_file():
+        used = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        result.run_config = {key: used.get(key) for key in ("model", "max_prompts", "max_benign", "sampler")}
+        result.run_config |= {"device": provenance.get("device"), "dtype": provenance.get("dtype")}
     if (run_dir / "records.parquet").is_file():
         columns = ["defense", "attack", "role", "prompt_id", "image_index"]
         images = pd.read_parquet(run_dir / "records.parquet", columns=columns).drop_duplicates()  # one per judge
@@ -333,8 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "what": "paper_suites_smoke: each paper suite end to end on a full-size SD-1.4-shaped pipeline with RANDOM "
                 "weights, then compare --published (the path, cost and memory; no ASR means anything)",
-        "model": args.model, "device": args.device, "dtype": args.dtype, "attack_prompts": args.prompts,
-        "benign_prompts": args.benign, "steps": args.steps, "resolution": args.size or "the suite's",
+        "settings": "recorded from existing runs (--from-run): see each suite's run_config" if args.from_run else {
+            "model": args.model, "device": args.device, "dtype": args.dtype, "attack_prompts": args.prompts,
+            "benign_prompts": args.benign, "steps": args.steps, "resolution": args.size or "the suite's"},
         "date": dt.date.today().isoformat(), "wall_seconds": round(time.perf_counter() - started, 1),
         "environment": collect_provenance(torch.device(args.device), {}),
         "suites": [asdict(r) for r in results], "problems": problems,

@@ -146,6 +146,8 @@ def test_two_suites_end_to_end_on_tiny_random_then_recorded_again_from_the_run(t
     assert sum(k16["verdicts"].values()) == 2  # the two published cells (none and ESD at K=16), each with a verdict
     assert k16["verdicts"]["reproduced"] == 0  # never called a reproduction under another protocol
     assert set(k16["stage_usage"]) >= {"prepare", "attack", "generate", "judge"}
+    assert k16["run_config"]["model"] == "tiny-random" and k16["run_config"]["max_prompts"] == 1
+    assert k16["run_config"]["sampler"]["height"] == 32 and k16["run_config"]["sampler"]["num_inference_steps"] == 1
 
     mma = by_suite["paper-mma-diffusion-sd14"]
     assert not mma["published"] and set(mma["cells"]) == {"none", "esd-u", "uce", "sld", "safree", "rece"}
@@ -158,6 +160,9 @@ def test_two_suites_end_to_end_on_tiny_random_then_recorded_again_from_the_run(t
     proc = subprocess.run([sys.executable, str(SCRIPT), "--from-run", run_dir, "--results", str(again)], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    recorded = json.loads(again.read_text())["suites"][0]
+    report = json.loads(again.read_text())
+    assert report["settings"].startswith("recorded from existing runs")
+    recorded = report["suites"][0]
+    assert recorded["run_config"] == k16["run_config"]
     assert recorded["exit_code"] is None and recorded["cells"] == k16["cells"]
     assert recorded["verdicts"] == k16["verdicts"] and recorded["command"][:4] == ["-m", "benchmark", "run", "--suite"]
