@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from sd_scale_smoke import BUDGETS, portable  # noqa: E402  (one table of smallest budgets for both scripts)
+from sd_scale_smoke import BUDGETS, write_results  # noqa: E402  (one table of smallest budgets for both scripts)
 
 WHEEL_CHECKPOINT = "wheel-320n"
 
@@ -354,13 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     places |= {str(path): "<results>", str(path.resolve()): "<results>"}  # this script's argv, in the provenance
     for result in results:
         places |= command_places(result.command)
-    path.write_text(portable(json.dumps(report, indent=1, default=str), places) + "\n")
-    print(markdown(results))
-    print(f"\nwrote {path}")
-    if problems:
-        print("problems:\n  " + "\n  ".join(problems), file=sys.stderr)
-        return 1
-    return 0
+    return write_results(path, report, places, markdown(results), problems)
 
 
 if __name__ == "__main__":

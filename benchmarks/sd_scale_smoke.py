@@ -356,13 +356,17 @@ def main(argv: list[str] | None = None) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     places = {str(args.out.resolve()): "<out>", str(args.out): "<out>", str(REPO): "<repo>",
               sys.executable: "python", **({args.clip: "<clip>"} if args.clip else {})}
+    return write_results(path, report, places, markdown(status, attacks) + "\n\n" + usage_table(results), bad)
+
+
+def write_results(path: Path, report: dict[str, Any], places: dict[str, str], summary: str,
+                  problems: list[str]) -> int:
+    """Write ``report`` as portable JSON, print ``summary`` and the problems; the exit code (1 on a problem)."""
     path.write_text(portable(json.dumps(report, indent=1, default=str), places) + "\n")
-    print(markdown(status, attacks))
-    print()
-    print(usage_table(results))
+    print(summary)
     print(f"\nwrote {path}")
-    if bad:
-        print("problems:\n  " + "\n  ".join(bad), file=sys.stderr)
+    if problems:
+        print("problems:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
     return 0
 

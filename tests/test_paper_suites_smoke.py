@@ -26,7 +26,7 @@ pss = load_script(SCRIPT)
 
 def _args(**overrides) -> argparse.Namespace:
     base = dict(model="sd14-shaped", prompts=2, benign=1, steps=2, device="cpu", dtype="fp32",
-                data_dir=Path("/data"), out=Path("/work/out"), clip="/clip", size=None, nudenet_model=None)
+                data_dir=Path("data"), out=Path("out"), clip="clip-folder", size=None, nudenet_model=None)
     return argparse.Namespace(**{**base, **overrides})
 
 
@@ -58,9 +58,9 @@ def test_a_suite_whose_checkpoint_is_a_user_file_is_judged_with_the_wheels_unles
     assert "--height" not in command  # the suite's own 512 px
 
     command, checkpoint = pss.run_command("paper-unlearndiff-nudity-sd14", config,
-                                          _args(nudenet_model=Path("/files/best.onnx"), size=256))
+                                          _args(nudenet_model=Path("best.onnx"), size=256))
     assert checkpoint == "v3-best"
-    assert "judge:nudenet.model_path=/files/best.onnx" in _option_values(command)
+    assert "judge:nudenet.model_path=best.onnx" in _option_values(command)
     assert command[command.index("--height") + 1] == "256" and command[command.index("--width") + 1] == "256"
 
     config = pss.suite_config("paper-ringabell-nudity-k16")  # the wheel's checkpoint: nothing to replace
@@ -77,11 +77,14 @@ def test_the_closing_verdict_line_is_read_even_with_a_comma_inside_a_verdict():
     assert pss.verdict_counts("error: the run's protocol differs\n") == {}
 
 
-def test_machine_paths_in_a_command_are_replaced_by_their_roles():
-    command = ["-m", "benchmark", "run", "--data-dir", "/home/u/data", "--out", "/scratch/store", "--option",
-               "judge:clip-score.model=/models/clip", "--option", "judge:nudenet.model_path=/files/best.onnx"]
+def test_machine_paths_in_a_command_are_replaced_by_their_roles(tmp_path):
+    command = ["-m", "benchmark", "run", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "store"),
+               "--option", f"judge:clip-score.model={tmp_path / 'clip'}", "--option",
+               f"judge:nudenet.model_path={tmp_path / 'best.onnx'}"]
     places = pss.command_places(command)
-    text = pss.portable(" ".join(command), places)
+    from sd_scale_smoke import portable  # on the path once the script is loaded; the one both scripts use
+
+    text = portable(" ".join(command), places)
     assert text == ("-m benchmark run --data-dir <data> --out <store> --option judge:clip-score.model=<clip> "
                     "--option judge:nudenet.model_path=<nudenet>")
     assert pss.command_places(["--option", "judge:clip-score.model=tiny-random"]) == {}
@@ -90,7 +93,7 @@ def test_machine_paths_in_a_command_are_replaced_by_their_roles():
 def _result(**overrides):
     strict = pss.Comparison(["compare"], 2, "error: the run's protocol differs from ...: model: ...")
     allowed = pss.Comparison(["compare"], 1, "table\n0 reproduced, 1 differs")
-    base = dict(suite="paper-x", command=[], exit_code=0, wall_seconds=1.0, run_dir="/r", judge_checkpoint="w",
+    base = dict(suite="paper-x", command=[], exit_code=0, wall_seconds=1.0, run_dir="run", judge_checkpoint="w",
                 published=True, strict=strict, allowed=allowed, verdicts={"reproduced": 0, "differs": 1})
     return pss.SuiteResult(**{**base, **overrides})
 
