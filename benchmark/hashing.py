@@ -8,9 +8,11 @@ config gives the same keys on any machine and in any process.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
+import os
 from enum import Enum
 from pathlib import PurePath
 from typing import Any
@@ -49,9 +51,24 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()[:length]
 
 
-def file_hash(path: str | PurePath, length: int = 16, chunk: int = 1 << 20) -> str:
+def file_sha256(path: str | PurePath, chunk: int = 1 << 20) -> str:
+    """The full SHA-256 hex digest of a file's content, computed once per process for each (resolved path,
+    size, mtime_ns): a large weight file named by several components or cells is read once. A file rewritten
+    in place gets another mtime (and usually size), so its new content is hashed again."""
+    resolved = os.path.realpath(os.fspath(path))
+    stat = os.stat(resolved)
+    return _sha256_cached(resolved, stat.st_size, stat.st_mtime_ns, chunk)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha256_cached(path: str, size: int, mtime_ns: int, chunk: int) -> str:  # size and mtime key the cache
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
-    return digest.hexdigest()[:length]
+    return digest.hexdigest()
+
+
+def file_hash(path: str | PurePath, length: int = 16, chunk: int = 1 << 20) -> str:
+    """The first ``length`` hex characters of :func:`file_sha256` (cell keys use 16)."""
+    return file_sha256(path, chunk)[:length]

@@ -175,6 +175,7 @@ def _runnable(components: list[Any], tasks: list[Task], model: str, data_dir: st
         try:
             for task in tasks:
                 component.check_inputs(CheckContext(model=model, task=task, data_dir=data_dir))
+                component.check_files(CheckContext(model=model, task=task, data_dir=data_dir))
         except UserError as error:
             if not from_all or component.name == "none":
                 raise

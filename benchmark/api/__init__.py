@@ -28,6 +28,7 @@ _EXPORTS = {
     "prompt": ["Prompt", "PromptFileError"],
     "sampling": ["draw", "image_seed", "initial_latents"],
     "paths": ["check_name"],
+    "files": ["FilePath", "LocalPath", "PathOrHubId", "content_hash"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

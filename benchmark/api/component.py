@@ -23,9 +23,11 @@ import inspect
 import io
 import tokenize
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from benchmark.api.errors import OptionError
+from benchmark.api.files import FilePath, content_hash, full_sha256, missing_message
 
 if TYPE_CHECKING:
     from benchmark.api.task import Task
@@ -136,9 +138,54 @@ class Component:
 
     def keyed_options(self) -> dict[str, Any]:
         """The options that can change a result: every option but the runtime ones, and the added ones only
-        when set away from the value that reproduces the earlier behaviour."""
-        return {k: v for k, v in dataclasses.asdict(self.options).items()
+        when set away from the value that reproduces the earlier behaviour. An option naming a file
+        (:class:`benchmark.api.files.FilePath`) is keyed by the file's content hash, never its path."""
+        files = self.file_options()
+        return {k: (self.file_key(k) if k in files else v) for k, v in dataclasses.asdict(self.options).items()
                 if k not in self.runtime_options and not (k in self.added_options and v == self.added_options[k])}
+
+    # -- options that name files ----------------------------------------------------------------------
+    def file_options(self) -> dict[str, FilePath]:
+        """The set options that name a file or folder (typed :class:`~benchmark.api.files.FilePath`)."""
+        return {f.name: value for f in dataclasses.fields(self.options)
+                if isinstance(value := getattr(self.options, f.name), FilePath)}
+
+    def resolve_file(self, option: str, value: str) -> Path:
+        """Where option ``option``'s value points (override for paths relative to something else, e.g. the
+        data directory; :meth:`check_files` stores the run's ``data_dir`` in ``self._data_dir`` first)."""
+        return Path(value).expanduser()
+
+    def file_key(self, option: str) -> str:
+        """What option ``option`` contributes to the cell keys: the content hash of the file or folder it
+        names (a :class:`~benchmark.api.files.PathOrHubId` naming nothing local: the id as written)."""
+        value = self.file_options()[option]
+        path = self.resolve_file(option, value)
+        if not value.exists(path):
+            if not value.must_exist:
+                return str(value)
+            raise OptionError(missing_message(self.component_kind, self.name, option, value, path, value.what))
+        return content_hash(path)
+
+    def check_files(self, ctx: CheckContext | None = None) -> None:
+        """Every file or folder the options name exists; else an :class:`OptionError` naming the option and
+        what to do. Called by the resolver with :meth:`check_inputs`, before any work."""
+        if ctx is not None:
+            self._data_dir = ctx.data_dir
+        for option, value in self.file_options().items():
+            path = self.resolve_file(option, value)
+            if value.must_exist and not value.exists(path):
+                raise OptionError(missing_message(self.component_kind, self.name, option, value, path, value.what))
+
+    def named_files(self) -> list[dict[str, Any]]:
+        """Each local file or folder the options name: its role (``kind:name.option``), path and sha256,
+        for the run's provenance."""
+        named = []
+        for option, value in self.file_options().items():
+            path = self.resolve_file(option, value)
+            if value.exists(path):
+                named.append({"role": f"{self.component_kind}:{self.name}.{option}", "path": str(path),
+                              "sha256": full_sha256(path)})
+        return named
 
     def config(self) -> dict[str, Any]:
         """The resolved options and version: what enters this component's cell keys."""
@@ -192,6 +239,9 @@ def _schema_type(prop: dict[str, Any], defs: dict[str, Any]) -> str:
             names.append(kind.pop() if len(kind) == 1 else "value")
             continue
         kind = variant.get("type")
+        if variant.get("format") in ("file", "file-or-folder", "local-path-or-hub-id"):  # benchmark.api.files
+            names.append(variant["format"].replace("-", " "))
+            continue
         if isinstance(kind, list):
             names += [_JSON_TYPES.get(k, k) for k in kind]
         elif kind == "array" and isinstance(variant.get("items"), dict) and variant["items"].get("type"):

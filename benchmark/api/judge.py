@@ -86,6 +86,7 @@ class Judge(Component, ABC):
             unloaded.options = validated
             unloaded.device = None
             unloaded.check_inputs(ctx)
+            unloaded.check_files(ctx)
         return validated
 
     @abstractmethod
