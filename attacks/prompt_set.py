@@ -34,6 +34,7 @@ import torch
 
 from benchmark.api.attack import Attack, AttackOutput, ThreatModel
 from benchmark.api.errors import ConfigError, DataFileError, OptionError, PathEscapeError
+from benchmark.api.files import FilePath
 from benchmark.api.prompt import Prompt
 from benchmark.api.registry import ATTACKS, PROMPT_SETS
 from benchmark.api.sampling import image_seed
@@ -49,7 +50,7 @@ EXPORT_MARKER = "source_run"
 @dataclass
 class PromptSetOptions:
     set: str | None = None  # a registered prompt set, e.g. mma-diffusion-nsfw
-    file: str | None = None  # or a prompt file (CSV / JSON / JSONL / TXT)
+    file: FilePath | None = None  # or a prompt file (CSV / JSON / JSONL / TXT)
     column: str | None = None  # the file's prompt column (auto-detected when None)
 
 
@@ -96,8 +97,7 @@ class PromptSetAttack(Attack):
 
     def config(self):
         config = super().config()
-        if self.options.file:  # hash the file's content, never its path
-            config["options"] = {**config["options"], "file": file_hash(self.options.file)}
+        if self.options.file:  # the file enters by its content (a FilePath option), and so do its embeddings
             embeds = _embeds_files(self.options.file, self.options.column)
             if embeds:  # an export's embeddings are part of what is replayed (absent: the key is as before)
                 config["options"]["embeds"] = [file_hash(path) for path in embeds]

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from attacks import _text
 from benchmark.api.attack import Attack, AttackOutput, ThreatModel, preset_budget
 from benchmark.api.errors import ConfigError, OptionError
+from benchmark.api.files import FilePath
 from benchmark.api.registry import ATTACKS
 from benchmark.hashing import stable_hash
 from benchmark.models.mini import TASKS as MINI_TASKS
@@ -82,8 +83,8 @@ class RingABellOptions:
     mutation: Annotated[float | None, Field(ge=0, le=1)] = None  # mutation probability; None: the preset's
     tokens: Annotated[int | None, Field(ge=1)] = None  # K, tokens of the adversarial prompt; None: the preset's
     eta: Annotated[float | None, Field(ge=0, allow_inf_nan=False)] = None  # concept vector weight; None: preset's
-    pairs: str | None = None  # real tasks: Ring-A-Bell concept-prompt CSV (absolute or under the data dir)
-    vector: str | None = None  # real tasks: or a Ring-A-Bell concept vector .npy
+    pairs: FilePath | None = None  # real tasks: Ring-A-Bell concept-prompt CSV (absolute or under the data dir)
+    vector: FilePath | None = None  # real tasks: or a Ring-A-Bell concept vector .npy
     prompts_per_pass: Annotated[int, Field(ge=1)] = 8  # prompts whose populations share one encoder pass
     seed: int = 0  # seed of the genetic search
 
@@ -188,6 +189,11 @@ class RingABell(Attack):
                 f"attack 'ring-a-bell': {given}: concept {kind} file {path} not found (data directory from {how}); "
                 f"{fetch}, or pass option 'pairs' or 'vector'")
         return kind, path
+
+    def resolve_file(self, option: str, value: str) -> Path:
+        """``pairs`` / ``vector``: absolute, or under the data directory (as :meth:`_source` reads them)."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else resolve_data_dir(getattr(self, "_data_dir", None))[0] / path
 
     def _published_vector(self, ctx) -> torch.Tensor:
         _, path = self._source(ctx)

@@ -107,6 +107,7 @@ from tqdm.auto import tqdm
 
 from benchmark.api.defense import Defense, DefenseKind, PrepareContext
 from benchmark.api.errors import ConfigError, DataFileError
+from benchmark.api.files import FilePath
 from benchmark.api.memory import Backoff, memory_hint
 from benchmark.api.memory import gradient_checkpointing as checkpointing
 from benchmark.api.registry import DEFENSES
@@ -154,7 +155,7 @@ class AdvUnlearnOptions:
     warmup: Annotated[int | None, Field(ge=0)] = None  # outer steps before the first attack; None: 200 (paper), sd-mini 20
     retain_weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.3  # gamma, weight of the utility-retaining loss
     retain_batch: Annotated[int, Field(ge=0)] = 5  # retain prompts per outer step (0: no retain loss)
-    retain_file: str | None = None  # prompt file (CSV/TSV/JSON/TXT) of retain prompts; default: sd-mini split or built-in list
+    retain_file: FilePath | None = None  # prompt file (CSV/TSV/JSON/TXT) of retain prompts; default: sd-mini split or built-in list
     retain_prompts: Annotated[int, Field(ge=1)] = 32  # how many retain prompts are drawn into the pool
     eta: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0  # negative-guidance strength of the unlearning target
     sample_guidance: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 3.0  # guidance of the frozen-model samples
@@ -512,13 +513,9 @@ class AdvUnlearn(Defense):
     runtime_options = ("gradient_checkpointing",)  # memory only: not in the cache key
 
     def config(self) -> dict[str, Any]:
-        # The per-model defaults and the retain file's content enter the cache key: changing either retrains.
-        config = {**super().config(), "defaults": {"paper": PAPER, "sd-mini": SD_MINI}}
-        if self.options.retain_file and Path(self.options.retain_file).expanduser().is_file():
-            from benchmark.hashing import file_hash
-
-            config["retain_file_sha256"] = file_hash(Path(self.options.retain_file).expanduser())
-        return config
+        # The per-model defaults enter the cache key: changing them retrains (the retain file enters by its
+        # content, as every FilePath option).
+        return {**super().config(), "defaults": {"paper": PAPER, "sd-mini": SD_MINI}}
 
     def settings(self, model_name: str) -> Settings:
         base = SD_MINI if model_name == "sd-mini" else PAPER

@@ -41,8 +41,9 @@ from pydantic import Field
 
 from benchmark.api.defense import Defense, DefenseKind, PrepareContext
 from benchmark.api.errors import DataFileError, OptionError
+from benchmark.api.files import LocalPath, check_weights_header, load_weights
 from benchmark.api.registry import DEFENSES
-from benchmark.hashing import file_hash
+from benchmark.hashing import file_hash, stable_hash
 from benchmark.store import atomic_write_json
 from defenses.weight_edit import COMPONENTS, WeightEditPipeline, artifact_file, tensors_of
 
@@ -57,6 +58,7 @@ PICKLES = (".pt", ".pth", ".bin", ".ckpt")
 PREFIXES = ("", "unet.", "text_encoder.", "module.", "model.", "text_model.", "text_encoder.text_model.")
 # Index buffers some exports carry and others do not; they hold no learned weight.
 IGNORABLE = re.compile(r"(^|\.)position_ids$")
+CORRUPT_HINT = "pass an intact checkpoint (download or convert it again) with --option defense:checkpoint.path=PATH"
 
 
 class CheckpointError(DataFileError):
@@ -65,7 +67,7 @@ class CheckpointError(DataFileError):
 
 @dataclass
 class CheckpointOptions:
-    path: str | None = None  # local folder or file
+    path: LocalPath | None = None  # local folder or file
     hub_id: str | None = None  # or a hub repository, read from the local cache only
     revision: Annotated[str | None, Field(pattern=r"^[0-9a-f]{40}$")] = None  # required with hub_id: the 40-hex commit to pin
     subfolder: str | None = None  # inside the folder / hub snapshot, e.g. "unet"
@@ -114,9 +116,7 @@ def load_state(files: list[Path]) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for path in files:
         if path.name.endswith(SAFETENSORS):
-            from safetensors.torch import load_file
-
-            part = load_file(str(path))
+            part = load_weights(path, "defense 'checkpoint'", CORRUPT_HINT)
         elif path.name.endswith(PICKLES):
             try:
                 part = torch.load(path, map_location="cpu", weights_only=True)
@@ -243,8 +243,16 @@ class Checkpoint(Defense):
                               "commit to pin>; nothing is downloaded at run time, so a moving branch is refused")
 
     def check_inputs(self, ctx) -> None:
-        """The weight files are where the options say (a path, or a snapshot in the local hub cache)."""
-        source_files(self.options)
+        """The weight files are where the options say (a path, or a snapshot in the local hub cache), and a
+        ``.safetensors`` file's header reads (a corrupt file fails here, before any work)."""
+        for path in source_files(self.options):
+            check_weights_header(path, "defense 'checkpoint'", CORRUPT_HINT)
+
+    def file_key(self, option: str) -> str:
+        """``path`` enters the keys by the content of the weight files read from it (not the whole folder)."""
+        if option != "path":
+            return super().file_key(option)
+        return stable_hash(sorted((p.name, file_hash(p)) for p in source_files(self.options)))
 
     def prepare(self, ctx: PrepareContext) -> dict[str, Any]:
         _, info = verified_edit(ctx.model.pipe, self.options)
@@ -259,7 +267,7 @@ class Checkpoint(Defense):
         edit, info = verified_edit(model.pipe, self.options)
         if info["sha256"] != prepared["sha256"]:
             raise CheckpointError("checkpoint: its files changed since the prepare stage verified them (content "
-                                  "hash differs); cached images would describe other weights. Use a new path or "
-                                  "a fresh --out")
+                                  "hash differs); cached images would describe other weights. Rerun: the cells "
+                                  "are keyed by the files' content, so the new weights get their own")
         return WeightEditPipeline(model, self, task, edit, as_delta=False)
 

@@ -43,7 +43,9 @@ from pydantic import Field
 
 from benchmark.api.defense import DefendedPipeline, Defense, DefenseKind
 from benchmark.api.errors import ConfigError, ModelUnavailableError
+from benchmark.api.files import PathOrHubId, content_hash
 from benchmark.api.registry import DEFENSES
+from benchmark.hashing import stable_hash
 from benchmark.models.mini import DETECTOR_DIR
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ class FilterOptions:
     detector: Literal["auto", "mini-detector", "sd-safety-checker"] = "auto"  # auto: mini-detector on sd-mini
     label: str | None = None  # mini-detector label; default: the task's judge label
     threshold: Annotated[float, Field(ge=0, le=1.01)] = 0.5  # mini-detector: block at probability >= it (1.01: never)
-    checker: str = SAFETY_CHECKER_HUB_ID  # sd-safety-checker: a local folder or a hub id in the local cache
+    checker: PathOrHubId = SAFETY_CHECKER_HUB_ID  # sd-safety-checker: a local folder or a hub id in the local cache
     revision: str | None = None  # hub revision (commit) of the checker
 
 
@@ -161,6 +163,15 @@ class Filter(Defense):
             self.label(ctx.task)
         else:  # the checker must be on disk before any work (an offline lookup, nothing is loaded)
             checker_folders(self.options.checker, self.options.revision)
+
+    def file_key(self, option: str) -> str:
+        """A local ``checker`` enters the keys by the content of the checker and preprocessor folders it
+        holds (not a whole pipeline folder's); a hub id as written, pinned by ``revision``."""
+        value = self.file_options()[option]
+        path = self.resolve_file(option, value)
+        if option != "checker" or not path.is_dir():
+            return super().file_key(option)
+        return stable_hash(sorted({content_hash(folder) for folder in checker_folders(value, None)}))
 
     def apply(self, model, task, artifact_dir: Path) -> FilterPipeline:
         detector = self.detector(model.name)

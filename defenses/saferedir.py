@@ -58,14 +58,17 @@ from pydantic import Field
 
 from benchmark.api.defense import DefendedPipeline, Defense, DefenseKind
 from benchmark.api.errors import ConfigError, DataFileError
+from benchmark.api.files import FilePath
 from benchmark.api.registry import DEFENSES
 from defenses.saferedir_io import (
     ARTIFACT,
     SHIPPED_DIR,
+    checkpoint_threshold,
     load_official_checkpoint,
     load_redirector,
     network_config,
     official_config_for,
+    own_format_config,
     read_metadata,
     save_redirector,
 )
@@ -96,9 +99,9 @@ class SafeRedirOptions:
     classify_edited: bool | None = None  # checks read the edited embedding (release: yes)
     mask_again: bool | None = None  # multiply by the mask after normalising delta (release: no)
     # --- the redirector
-    checkpoint: str | None = None  # an official-format state dict (.pt/.pth/.bin/.safetensors)
+    checkpoint: FilePath | None = None  # an official-format state dict (.pt/.pth/.bin/.safetensors)
     # --- training (see defenses/saferedir_train.py)
-    pairs_file: str | None = None  # CSV with columns unsafe, safe (default: from the task)
+    pairs_file: FilePath | None = None  # CSV with columns unsafe, safe (default: from the task)
     pairs: Annotated[int, Field(ge=1)] = 64  # unsafe/safe prompt pairs
     benign: Annotated[int, Field(ge=0)] = 32  # extra benign prompts (negatives for the classifier)
     steps: Annotated[int, Field(ge=1)] = 200  # optimiser steps
@@ -318,6 +321,7 @@ class SafeRedir(Defense):
             if not path.is_file():
                 raise DataFileError(f"defense 'saferedir': option checkpoint={self.options.checkpoint!r}: no such "
                                     "file (an official-format state dict: .pt/.pth/.bin/.safetensors)")
+            own_format_config(path)  # a .safetensors header (and this project's metadata) reads
         elif self.options.pairs_file:
             pairs_from_file(Path(self.options.pairs_file).expanduser())
         elif not ctx.task.name.startswith("mini-") and not ctx.task.concept_words:
@@ -359,5 +363,7 @@ class SafeRedir(Defense):
         calibrated = None
         if not self.options.checkpoint:
             calibrated = float(read_metadata(artifact_dir / ARTIFACT).get("threshold", 0.5))
+        else:  # a redirector this project saved carries its calibrated threshold; an official one none (0.5)
+            calibrated = checkpoint_threshold(Path(self.options.checkpoint).expanduser())
         return SafeRedirPipeline(model, self, task, redirector, resolve_behaviour(self.options, calibrated))
 

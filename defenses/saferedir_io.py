@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from benchmark.api.errors import DataFileError
-from defenses.saferedir_net import Redirector, RedirectorConfig, load_official_state_dict
+from benchmark.api.files import load_weights
+from defenses.saferedir_net import CheckpointMismatchError, Redirector, RedirectorConfig, load_official_state_dict
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "saferedir_weights"
 ARTIFACT = "redirector.safetensors"
@@ -81,9 +82,19 @@ def load_official_checkpoint(path: Path, cfg: RedirectorConfig) -> Redirector:
         raise DataFileError(f"saferedir: checkpoint {path} does not exist; pass an existing file with "
                             "--option defense:saferedir.checkpoint=PATH")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
+        state = load_weights(path, "defense 'saferedir': option checkpoint",
+                             "pass an intact official-format redirector (.safetensors/.pt) with "
+                             "--option defense:saferedir.checkpoint=PATH")
+        own = own_format_config(path)
+        if own is not None:  # a redirector this project saved (trained or shipped): its own names and sizes
+            model = Redirector(own)
+            try:
+                model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+            except RuntimeError as error:
+                raise CheckpointMismatchError(f"defense 'saferedir': checkpoint {path} does not match the "
+                                              f"redirector its metadata describes ({str(error).splitlines()[0]}); "
+                                              "pass an intact redirector file") from None
+            return model.eval()
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -94,5 +105,31 @@ def load_official_checkpoint(path: Path, cfg: RedirectorConfig) -> Redirector:
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
     model = Redirector(cfg)
-    load_official_state_dict(model, {k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    try:
+        load_official_state_dict(model, {k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except CheckpointMismatchError as error:
+        raise CheckpointMismatchError(f"defense 'saferedir': checkpoint {path}: {error}; pass an official-format "
+                                      "SafeRedir redirector for this model (option network names its size) or a "
+                                      "redirector this project saved") from None
     return model.eval()
+
+
+def own_format_config(path: Path) -> RedirectorConfig | None:
+    """The network config of a ``.safetensors`` redirector this project saved (:func:`save_redirector` puts
+    it in the metadata), else None (an official-format file)."""
+    if path.suffix != ".safetensors":
+        return None
+    try:
+        meta = read_metadata(path)
+        return RedirectorConfig.from_dict(json.loads(meta["config"])) if "config" in meta else None
+    except Exception as error:  # noqa: BLE001 - a corrupt header or metadata: the file, not our code
+        raise DataFileError(f"defense 'saferedir': checkpoint {path}: unreadable redirector metadata "
+                            f"({type(error).__name__}); pass an intact redirector file") from None
+
+
+def checkpoint_threshold(path: Path) -> float | None:
+    """The calibrated threshold a redirector this project saved carries (official files carry none)."""
+    if own_format_config(path) is None:
+        return None
+    value = read_metadata(path).get("threshold")
+    return float(value) if value is not None else None

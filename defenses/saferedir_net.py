@@ -34,6 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from benchmark.api.errors import DataFileError
+
 
 @dataclass(frozen=True)
 class RedirectorConfig:
@@ -300,8 +302,8 @@ OFFICIAL_KEY_MAP: list[tuple[str, str]] = [
 ]
 
 
-class CheckpointMismatchError(ValueError):
-    """A checkpoint whose keys or shapes do not match the redirector exactly."""
+class CheckpointMismatchError(DataFileError):
+    """A checkpoint whose keys or shapes do not match the redirector exactly (one line: the CLI exits 2)."""
 
 
 def _translate(key: str, source: str, target: str) -> str | None:
@@ -341,8 +343,9 @@ def load_official_state_dict(model: Redirector, state: dict[str, torch.Tensor]) 
     if unmapped or wrong_shape or missing:
         lines = [f"unexpected checkpoint key: {k}" for k in unmapped] + [f"shape mismatch: {s}" for s in wrong_shape]
         lines += [f"missing from checkpoint: {k}" for k in missing]
-        raise CheckpointMismatchError("the SafeRedir checkpoint does not match the redirector "
-                                      f"({len(lines)} problems):\n  " + "\n  ".join(lines))
+        shown = "; ".join(lines[:8]) + (f"; ... {len(lines) - 8} more" if len(lines) > 8 else "")
+        raise CheckpointMismatchError(f"the SafeRedir checkpoint does not match the redirector ({len(lines)} "
+                                      f"problems): {shown}")
     model.load_state_dict({**own, **mapped})
 
 

@@ -25,7 +25,6 @@ the comparison for a run's provenance: results on a different file are not compa
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 import os
@@ -37,7 +36,7 @@ from typing import Any
 from benchmark.api.errors import ConfigError
 from benchmark.api.prompt import Prompt
 from benchmark.api.registry import read_data_file
-from benchmark.hashing import file_hash
+from benchmark.hashing import file_sha256  # cached per (path, size, mtime); re-exported in __all__
 from prompts.formats import FORMATS, GENERATED_FORMATS, format_loader
 from prompts.formats._hub import datasets_available, network_allowed
 from prompts.formats._read import PromptFileNotFoundError
@@ -80,17 +79,6 @@ class FileCheck:
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": self.path, "sha256": self.sha256, "expected": self.expected, "matches": self.matches}
-
-
-@functools.lru_cache(maxsize=64)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:  # size and mtime key the cache
-    return file_hash(path, length=64)
-
-
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of a file (hex), cached while the file's size and modification time stay the same."""
-    stat = Path(path).stat()
-    return _sha256_of(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 _warned: set[tuple[str, str, str]] = set()

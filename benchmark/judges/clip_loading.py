@@ -35,6 +35,7 @@ from PIL import Image
 from pydantic import Field
 
 from benchmark.api.errors import JudgeLoadError, OptionError
+from benchmark.api.files import PathOrHubId
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,14 @@ ClipBackend = Literal["transformers", "open_clip"]
 class ClipLoadOptions:
     """Where a CLIP judge's model comes from and how it runs (shared by clip-score and clip-zero-shot)."""
 
-    model: Annotated[str, Field(min_length=1)] = DEFAULT_CLIP_MODEL  # hub id (read from the local cache), a local save_pretrained folder, or tiny-random (random weights, for tests)
+    model: PathOrHubId = DEFAULT_CLIP_MODEL  # hub id (read from the local cache), a local save_pretrained folder, or tiny-random (random weights, for tests)
     backend: ClipBackend = "transformers"  # transformers, or open_clip (needs pretrained)
     batch_size: Annotated[int, Field(ge=1)] = 32  # images per CLIP call (speed and memory only)
     dtype: ClipDtype | None = "float32"  # CLIP's precision (null: auto, which is float32); other than float32 is recorded in the judge version
     revision: str | None = None  # hub revision of the model (recorded in the judge version)
     cache_dir: str | None = None  # Hugging Face cache folder (default: HF_HOME's)
     allow_download: bool | None = None  # may the model be downloaded (null: UNLEARN_ARENA_ALLOW_DOWNLOADS; never with HF_HUB_OFFLINE=1)
-    pretrained: str | None = None  # backend open_clip: a checkpoint file (or an open_clip tag when downloads are allowed)
+    pretrained: PathOrHubId | None = None  # backend open_clip: a checkpoint file (or an open_clip tag when downloads are allowed)
 
 
 class ClipLoadError(JudgeLoadError):

@@ -47,6 +47,7 @@ import numpy as np
 from PIL import Image
 
 from benchmark.api.errors import JudgeLoadError
+from benchmark.hashing import file_sha256
 
 # Output channels 4.. of the NudeNet 3 detectors (320n.onnx, 640m.onnx and best.onnx share them), in order:
 # nudenet 3.4.2 wheel nudenet/nudenet.py L9-28; notAI-tech/NudeNet@v3.0.0-dev3 nudenet/nudenet.py L6-25.
@@ -282,14 +283,6 @@ def git_blob_sha1(path: Path) -> str:
     """The id git gives the file's content (``git hash-object``): SHA-1 of ``b"blob <size>\\0" + content``."""
     digest = hashlib.sha1(usedforsecurity=False)
     digest.update(f"blob {path.stat().st_size}\0".encode())
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(1 << 20):
             digest.update(block)

@@ -18,7 +18,6 @@ version's processing: see :mod:`benchmark.judges.nudenet_checkpoints`.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib.metadata
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,8 +32,10 @@ from pydantic import BeforeValidator, Field
 
 from benchmark.api.component import CheckContext
 from benchmark.api.errors import JudgeLoadError, OptionError
+from benchmark.api.files import FilePath
 from benchmark.api.judge import Judge, JudgeIdentity, JudgeResult
 from benchmark.api.registry import JUDGES
+from benchmark.hashing import file_hash
 from benchmark.judges.nudenet_checkpoints import (
     CHECKPOINTS,
     CLASSIFIER_LABELS,
@@ -425,14 +426,6 @@ def nudenet_version() -> str:
         return str(getattr(nudenet, "__version__", None) or "unknown")
 
 
-def _file_sha256(path: Path, length: int = 16) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()[:length]
-
-
 def _onnxruntime_errors() -> tuple[type[BaseException], ...]:
     """onnxruntime's own exception classes (a bad model file raises one of them; our bugs raise others)."""
     from onnxruntime.capi import onnxruntime_pybind11_state as state
@@ -781,7 +774,7 @@ class NudeNetJudge(Judge):
         threshold: Annotated[float, Field(gt=0, le=1)] | None = None  # flag from this score instead of the preset's threshold (spelled into the recorded preset name)
         classes: Annotated[list[NudeNetClass], BeforeValidator(_split_names), Field(min_length=1)] | None = None  # count these detector classes instead of the preset's (a list or comma-separated; spelled into the recorded preset name)
         batch_size: Annotated[int, Field(ge=1)] = 16  # images per onnxruntime call (speed and memory only)
-        model_path: str | None = None  # the checkpoint's file (best.onnx, detector_v2_default_checkpoint.onnx, classifier_model.onnx), checked against its published hash where known; with wheel-320n, another NudeNet 3 ONNX file, e.g. 640m.onnx (default: the wheel's 320n.onnx)
+        model_path: FilePath | None = None  # the checkpoint's file (best.onnx, detector_v2_default_checkpoint.onnx, classifier_model.onnx), checked against its published hash where known; with wheel-320n, another NudeNet 3 ONNX file, e.g. 640m.onnx (default: the wheel's 320n.onnx)
         input_size: Annotated[int, Field(ge=32, multiple_of=32)] = DEFAULT_INPUT_SIZE  # side of the network input, a multiple of 32: the size the ONNX was exported for (320 for 320n.onnx, 640 for 640m.onnx)
         checkpoint: NudeNetCheckpointName = DEFAULT_CHECKPOINT  # which NudeNet file and that version's processing: wheel-320n (shipped), v3-best (UnlearnDiffAtk), v3-best-padded (RECE), v2-detector (ESD era) or v2-classifier (SAFREE); all but wheel-320n need model_path
 
@@ -807,7 +800,7 @@ class NudeNetJudge(Judge):
 
     @cached_property
     def _weights_hash(self) -> str:
-        return _file_sha256(self.detector.model_path)
+        return file_hash(self.detector.model_path)
 
     def identity(self) -> JudgeIdentity:
         checkpoint = self.detector.checkpoint
