@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -65,3 +66,37 @@ def _task(name: str):
 
 TOY = _task("toy")  # the plumbing task (data file benchmark/tasks/toy.yaml)
 NUDITY = _task("nudity")
+
+
+# Float comparisons that hold on any CPU (issue 25). torch picks its kernels by CPU (ATEN_CPU_CAPABILITY:
+# avx512, avx2, default) and splits reductions by thread count, so a float32 result computed on two
+# machines, or along two code paths, agrees only up to rounding: about eps (2^-23, 1.2e-7) of the magnitudes
+# involved per operation, growing like sqrt(n) over a sum of n terms. Such a result is compared with an
+# absolute tolerance scaled to the reference's largest element: allclose's fixed atol=1e-8 fails elements
+# near zero whose error comes from their large neighbours, and a per-element rtol means nothing for them.
+# `ulps` covers the depth of the computation (layers, a solve's conditioning); every call site says why.
+FP32_EPS = 2.0 ** -23
+FP64_EPS = 2.0 ** -52
+
+
+def float_tol(reference, *, terms: int = 1, ulps: float = 4.0, eps: float = FP32_EPS) -> float:
+    """``ulps`` x ``eps`` x max|reference| x sqrt(``terms``): the rounding a result of that size may carry
+    after reductions of ``terms`` products, whichever kernels and thread count computed it."""
+    import torch
+
+    reference = torch.as_tensor(reference).detach().double()
+    scale = float(reference.abs().max()) if reference.numel() else 0.0
+    return ulps * eps * scale * math.sqrt(terms)
+
+
+def assert_close_fp(actual, expected, *, terms: int = 1, ulps: float = 4.0, eps: float = FP32_EPS,
+                    scale=None, msg: str = "") -> None:
+    """``actual`` equals ``expected`` up to :func:`float_tol` of ``scale`` (default: ``expected``), in max
+    absolute difference; tensors, arrays and numbers alike; shapes must match and a NaN fails."""
+    import torch
+
+    a, e = (torch.as_tensor(v).detach().double().cpu() for v in (actual, expected))
+    assert a.shape == e.shape, f"{msg} shape {tuple(a.shape)} != {tuple(e.shape)}"
+    tol = float_tol(e if scale is None else scale, terms=terms, ulps=ulps, eps=eps)
+    diff = float((a - e).abs().max()) if a.numel() else 0.0
+    assert diff <= tol, f"{msg} max |diff| {diff:.3g} > tolerance {tol:.3g} (ulps={ulps}, terms={terms})"

@@ -16,6 +16,7 @@ from benchmark.api.errors import ConfigError, OptionError
 from benchmark.api.registry import DEFENSES, TASKS
 from benchmark.contracts import check_defense
 from benchmark.models.sd_mini import SdMiniModel
+from conftest import assert_close_fp
 from defenses.rece import DELTA_FILE, Rece, adversarial_embedding, base_weights, concept_score, erase_step, rece_edit
 from defenses.uce import aligned, token_tail, uce_edit
 
@@ -37,6 +38,7 @@ def edited(original: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]) ->
     return {key: original[key] + delta[key].double() for key in original}
 
 
+@pytest.mark.numeric
 def test_adversarial_embedding_is_the_ridge_least_squares_solution():
     # Small random problem: the closed form must be the stationary point of the regularised objective.
     generator = torch.Generator().manual_seed(0)
@@ -54,6 +56,7 @@ def test_adversarial_embedding_is_the_ridge_least_squares_solution():
     assert adversarial_embedding(current, original, concept, 100.0).norm() < x.norm()
 
 
+@pytest.mark.numeric
 def test_concept_score_is_one_for_the_concept_and_zero_for_the_guide():
     generator = torch.Generator().manual_seed(1)
     weights = {"p": torch.randn(5, 3, generator=generator, dtype=torch.float64)}
@@ -63,6 +66,7 @@ def test_concept_score_is_one_for_the_concept_and_zero_for_the_guide():
     assert concept_score(weights, weights, guide, concept, guide) == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("task_name", ["mini-unsafe", "mini-object"])
 def test_later_epochs_lower_the_score_of_the_embedding_earlier_ones_found(model, task_name):
     """The issue's algorithm-level test, on sd-mini's shipped weights: c'_1, the embedding derived under the
@@ -79,7 +83,11 @@ def test_later_epochs_lower_the_score_of_the_embedding_earlier_ones_found(model,
     guide_tail = token_tail(pipe, guide)
     pairs = [aligned(token_tail(pipe, c), guide_tail) for c in concepts]
     found_after_one = [adversarial_embedding(after_one, original, c, s["reg"]) for c, _ in pairs]
-    assert all(torch.allclose(a, b) for a, b in zip(found_after_one, three.adversaries[1], strict=True))
+    # Same c'_1 up to rounding: the test rebuilds W_1 from the float32 artifact delta, rece_edit kept it in
+    # float64; those rounding errors (up to eps32/2 of |delta|), through the solve, are ~0.1 eps32 of c'_1's
+    # largest element on AVX-512, AVX2 and default kernels (allclose's atol=1e-8 failed elements near 0).
+    for a, b in zip(found_after_one, three.adversaries[1], strict=True):
+        assert_close_fp(a, b, ulps=4)
 
     def score(weights, embeddings):
         scores = [concept_score(weights, original, x, c, g) for x, (c, g) in zip(embeddings, pairs, strict=True)]
@@ -97,6 +105,7 @@ def test_later_epochs_lower_the_score_of_the_embedding_earlier_ones_found(model,
     assert three.epochs[-1].concept_score < three.uce_concept_score - 0.03, (task_name, three.epochs[-1])
 
 
+@pytest.mark.numeric
 def test_zero_epochs_is_uce(model):
     concepts, guide, preserve, s = settings("mini-object", epochs=0)
     result = rece_edit(model.pipe, concepts, guide, preserve, **s)
@@ -106,6 +115,7 @@ def test_zero_epochs_is_uce(model):
     assert all(torch.allclose(result.delta[k], reference[k], atol=1e-6) for k in reference)
 
 
+@pytest.mark.numeric
 def test_erase_step_maps_the_embedding_to_the_guide_and_keeps_the_preserve_set():
     generator = torch.Generator().manual_seed(2)
     current = {"p": torch.randn(8, 6, generator=generator, dtype=torch.float64)}
@@ -152,6 +162,7 @@ def test_apply_without_prepare_is_a_clear_error(model, tmp_path):
         Rece().apply(model, TASKS.get("mini-object"), tmp_path)
 
 
+@pytest.mark.numeric
 def test_accumulate_resolves_uce_from_the_base_with_every_embedding_found(model):
     concepts, guide, preserve, s = settings("mini-object", epochs=2, accumulate=True)
     result = rece_edit(model.pipe, concepts, guide, preserve, **s)
