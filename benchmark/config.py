@@ -128,8 +128,27 @@ def config_from_mapping(data: dict[str, Any], origin: str = "config") -> RunConf
         raise ConfigError(f"{origin}: unknown sampler key(s) {bad}; known: {sorted(sampler_known)}")
     for key in LIST_KEYS & set(data):
         data[key] = split_names(data[key])
-    config = RunConfig(**data, sampler=SamplerConfig(**sampler_data))
-    return config
+    problems = _type_problems(RunConfig, data) + _type_problems(SamplerConfig, sampler_data, prefix="sampler.")
+    if problems:
+        raise ConfigError(f"{origin}: " + "; ".join(problems))
+    return RunConfig(**data, sampler=SamplerConfig(**sampler_data))
+
+
+def _type_problems(cls: type, values: dict[str, Any], prefix: str = "") -> list[str]:
+    """The problems of ``values`` against ``cls``'s field types, one line per key: a mistyped suite value fails
+    before any work, naming the key, not later as a TypeError. Strict (``"5"`` is no int; an int is a float) and
+    the values are kept as given, so a valid config hashes, and keys its cells, exactly as before."""
+    import pydantic  # deferred: `benchmark list` stays light
+
+    fields = {f.name: f.type for f in dataclasses.fields(cls) if f.name in values and f.name != "sampler"}
+    model = pydantic.create_model(f"{cls.__name__}Values", __config__=pydantic.ConfigDict(strict=True),
+                                  **{name: (annotation, ...) for name, annotation in fields.items()})
+    try:
+        model.model_validate({name: values[name] for name in fields})
+    except pydantic.ValidationError as error:
+        return [f"{prefix}{'.'.join(str(part) for part in item['loc'])}={item.get('input')!r}: {item['msg']}"
+                for item in error.errors()]
+    return []
 
 
 def load_suite_file(path: str | Path) -> dict[str, Any]:

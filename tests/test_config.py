@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -115,3 +116,65 @@ def test_prompts_take_a_registered_set_by_name_or_a_file():
         resolve(RunConfig(model="sd-mini", tasks=["mini-object"], prompts="mini-unsafe-atack"))
     name, prompts = load_prompts("mini-object-attack", "mini-unsafe-attack", None, 3, None, [])
     assert name == "mini-unsafe-attack" and len(prompts) == 3
+
+
+@pytest.mark.parametrize(("yaml_text", "expected"), [
+    ('sampler: {num_inference_steps: "many"}', "sampler.num_inference_steps='many'"),
+    ("sampler: {guidance_scale: [7.5]}", "sampler.guidance_scale=[7.5]"),
+    ("max_prompts: 2.5", "max_prompts=2.5"),
+    ("defense_options: {sld: 3}", "defense_options.sld=3"),
+])
+def test_a_mistyped_suite_value_names_its_key(tmp_path, yaml_text, expected):
+    from benchmark.config import load_suite_file
+
+    suite = tmp_path / "bad.yaml"
+    suite.write_text(f"model: tiny-random\ntasks: [toy]\n{yaml_text}\n")
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        config_from_mapping(load_suite_file(suite), origin=str(suite))
+
+
+def test_a_mistyped_suite_value_is_one_line_exit_2(tmp_path):
+    """It fails before any work as a user error, not as a TypeError deep in a stage (it did: '<=' between str and
+    int)."""
+    from conftest import run_cli
+
+    suite = tmp_path / "bad.yaml"
+    suite.write_text('model: tiny-random\ntasks: [toy]\nsampler: {num_inference_steps: "many"}\n')
+    result = run_cli("run", "--suite", str(suite), "--out", str(tmp_path / "runs"), check=False)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "sampler.num_inference_steps='many'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_every_problem_is_named_at_once_and_valid_values_are_kept_as_given():
+    with pytest.raises(ConfigError) as error:
+        config_from_mapping({"max_benign": "3", "sampler": {"height": "64", "seed": 1.5}}, origin="s.yaml")
+    message = str(error.value)
+    assert message.startswith("s.yaml: ")
+    assert all(key in message for key in ("max_benign='3'", "sampler.height='64'", "sampler.seed=1.5"))
+    config = config_from_mapping({"sampler": {"guidance_scale": 7}})  # an int is a valid float ...
+    assert config.sampler.guidance_scale == 7 and type(config.sampler.guidance_scale) is int  # ... kept as given
+
+
+def test_mistyped_values_never_reach_a_type_error():
+    """Fuzz: any value of any JSON type for each sampler and scalar run key is accepted or refused as ConfigError."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    values = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=False, width=32),
+                       st.text(max_size=5), st.lists(st.integers(0, 2), max_size=2),
+                       st.dictionaries(st.text(max_size=2), st.integers(0, 2), max_size=1))
+    keys = st.sampled_from(["sampler.num_inference_steps", "sampler.guidance_scale", "sampler.height",
+                            "sampler.batch_size", "sampler.seed", "max_prompts", "max_benign", "device", "dtype",
+                            "model", "name", "prompts"])
+
+    @settings(max_examples=150, deadline=None)
+    @given(keys, values)
+    def check(key, value):
+        data = {"sampler": {key.split(".", 1)[1]: value}} if key.startswith("sampler.") else {key: value}
+        try:
+            config_from_mapping(data).validate()
+        except ConfigError:
+            pass  # refused as a user error with a message: what we want
+
+    check()
