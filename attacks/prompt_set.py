@@ -34,7 +34,7 @@ import torch
 
 from benchmark.api.attack import Attack, AttackOutput, ThreatModel
 from benchmark.api.errors import ConfigError, DataFileError, OptionError, PathEscapeError
-from benchmark.api.files import FilePath
+from benchmark.api.files import FilePath, check_weights_header
 from benchmark.api.prompt import Prompt
 from benchmark.api.registry import ATTACKS, PROMPT_SETS
 from benchmark.api.sampling import image_seed
@@ -156,6 +156,8 @@ def load_embeds(prompt_file: str | Path, prompt: Prompt) -> torch.Tensor:
     from safetensors import safe_open  # deferred: only exports with embeddings need it
 
     path, key = embeds_file(prompt_file, prompt.meta.get("embeds_file")), _embeds_key(prompt)
+    check_weights_header(path, "attack 'prompt-set': embeds_file", "export the prompts again "
+                         "(python -m benchmark export) or replay a file without embeddings")
     with safe_open(str(path), framework="pt") as handle:
         if key not in handle.keys():
             raise DataFileError(f"{path}: no tensor {key!r} (the embedding of case {prompt.id})")

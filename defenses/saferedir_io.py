@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from benchmark.api.errors import DataFileError
-from benchmark.api.files import load_weights
+from benchmark.api.files import check_weights_header, load_weights
 from defenses.saferedir_net import CheckpointMismatchError, Redirector, RedirectorConfig, load_official_state_dict
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "saferedir_weights"
@@ -65,6 +65,10 @@ def read_metadata(path: Path) -> dict[str, Any]:
     return meta
 
 
+CORRUPT_HINT = ("pass an intact official-format redirector (.safetensors/.pt) with "
+                "--option defense:saferedir.checkpoint=PATH")
+
+
 def load_redirector(path: Path) -> Redirector:
     from safetensors.torch import load_file
 
@@ -82,9 +86,7 @@ def load_official_checkpoint(path: Path, cfg: RedirectorConfig) -> Redirector:
         raise DataFileError(f"saferedir: checkpoint {path} does not exist; pass an existing file with "
                             "--option defense:saferedir.checkpoint=PATH")
     if path.suffix == ".safetensors":
-        state = load_weights(path, "defense 'saferedir': option checkpoint",
-                             "pass an intact official-format redirector (.safetensors/.pt) with "
-                             "--option defense:saferedir.checkpoint=PATH")
+        state = load_weights(path, "defense 'saferedir': option checkpoint", CORRUPT_HINT)
         own = own_format_config(path)
         if own is not None:  # a redirector this project saved (trained or shipped): its own names and sizes
             model = Redirector(own)
@@ -119,6 +121,7 @@ def own_format_config(path: Path) -> RedirectorConfig | None:
     it in the metadata), else None (an official-format file)."""
     if path.suffix != ".safetensors":
         return None
+    check_weights_header(path, "defense 'saferedir': option checkpoint", CORRUPT_HINT)
     try:
         meta = read_metadata(path)
         return RedirectorConfig.from_dict(json.loads(meta["config"])) if "config" in meta else None

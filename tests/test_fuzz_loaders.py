@@ -385,3 +385,74 @@ EDGE_CASES = {
 def test_edge_cases(folder, name, loader):
     stem, suffix = os.path.splitext(name)
     _check_outcome(loader, _write(folder, stem, suffix, EDGE_CASES[name]), None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Corrupt weight files: whatever a .safetensors / .pt file holds, the weight loaders behind file options
+# (saferedir checkpoint, checkpoint path, prompt-set embeddings) load it or raise a one-line UserError
+# naming the file -- never SafetensorError, UnpicklingError or a traceback.
+# ---------------------------------------------------------------------------------------------------------
+def _valid_safetensors() -> bytes:
+    import tempfile
+
+    import torch
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "w.safetensors"
+        save_file({"a.weight": torch.arange(12, dtype=torch.float32).reshape(3, 4), "b": torch.ones(2)},
+                  str(path), metadata={"config": "{}"})
+        return path.read_bytes()
+
+
+_VALID_WEIGHTS = _valid_safetensors()
+
+
+@st.composite
+def weight_bytes(draw) -> bytes:
+    """Random bytes, or a valid safetensors file truncated, with bytes flipped, or with another header length."""
+    kind = draw(st.sampled_from(["random", "truncate", "flip", "length", "header"]))
+    data = bytearray(_VALID_WEIGHTS)
+    if kind == "random":
+        return draw(st.binary(max_size=256))
+    if kind == "truncate":
+        return bytes(data[: draw(st.integers(0, len(data) - 1))])
+    if kind == "flip":
+        for _ in range(draw(st.integers(1, 4))):
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+        return bytes(data)
+    if kind == "length":
+        return draw(st.integers(0, 2**64 - 1)).to_bytes(8, "little") + bytes(data[8:])
+    header = draw(st.text(max_size=80)).encode("utf-8", "surrogatepass")
+    return len(header).to_bytes(8, "little") + header + bytes(data[8:])
+
+
+def _weight_loaders(path: Path):
+    from benchmark.api.component import CheckContext
+    from benchmark.api.files import check_weights_header, load_weights
+    from conftest import TOY
+    from defenses.checkpoint import Checkpoint, load_state
+    from defenses.saferedir import SafeRedir
+
+    ctx = CheckContext(model="tiny-random", task=TOY)
+    return {
+        "load_weights": lambda: load_weights(path, "test"),
+        "check_weights_header": lambda: check_weights_header(path, "test"),
+        "saferedir.check_inputs": lambda: SafeRedir(checkpoint=str(path)).check_inputs(ctx),
+        "checkpoint.check_inputs": lambda: Checkpoint(path=str(path)).check_inputs(ctx),
+        "checkpoint.load_state": lambda: load_state([path]),
+    }
+
+
+@_settings(60)
+@given(content=weight_bytes(), suffix=st.sampled_from([".safetensors", ".pt"]))
+def test_corrupt_weight_files(folder, content, suffix):
+    path = _write(folder, "weights", suffix, content)
+    for name, load in _weight_loaders(path).items():
+        try:
+            load()
+        except UserError as error:
+            message = str(error)
+            assert "\n" not in message and path.name in message, (name, message)
+        except Exception as error:  # noqa: BLE001 - anything else is a loader bug
+            raise AssertionError(f"{name} on {content[:40]!r}{suffix}: {type(error).__name__}: {error}") from error
