@@ -25,9 +25,8 @@ from benchmark.api.errors import OptionError
 from benchmark.api.judge import Judge, JudgeIdentity
 from benchmark.api.prompt import Prompt
 from benchmark.api.registry import TASKS
-from benchmark.models.sd_mini import SdMiniModel
 from benchmark.models.tiny_random import TinyRandomModel
-from conftest import TOY
+from conftest import TOY, assert_close_fp
 
 TINY_SAMPLER = {"num_inference_steps": 2, "guidance_scale": 5.0, "height": 32, "width": 32}
 MINI_SAMPLER = {"num_inference_steps": 4, "guidance_scale": 7.5, "height": 64, "width": 64}
@@ -67,8 +66,8 @@ def tiny():
 
 
 @pytest.fixture(scope="module")
-def mini():
-    return SdMiniModel().load(torch.device("cpu"), torch.float32)
+def mini(sd_mini):
+    return sd_mini
 
 
 @pytest.fixture(autouse=True)
@@ -224,6 +223,7 @@ def test_no_step_leaves_v_star_at_its_initial_word_and_the_loss_unchanged(mini):
     assert out[0].meta["loss_after"] == pytest.approx(out[0].meta["loss_before"], abs=1e-6)
 
 
+@pytest.mark.numeric
 def test_output_equals_the_pipelines_encoding_with_v_star_as_an_added_token(mini):
     """The layout check: the embedding handed to the generate stage is what the pipeline computes for the
     prompt typed with v* as a real token (tokenizer and text encoder copies extended by one row)."""
@@ -246,7 +246,9 @@ def test_output_equals_the_pipelines_encoding_with_v_star_as_an_added_token(mini
     texts = [placeholder_text(p.text, "<v-star>", concept_pattern(task.concept_words)) for p in [*UNSAFE, long]]
     expected, _ = pipe.encode_prompt(texts, pipe.device, 1, False)
     got = torch.stack([o.embeds for o in out])
-    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+    # the attack's encoding vs the pipeline's batched one: float32 rounding through sd-mini's 3 CLIP layers
+    # (widest reduction 576 terms); a misplaced v* or a wrong truncation is O(1) off
+    assert_close_fp(got, expected, terms=576, ulps=12)
     assert out[-1].meta["truncated_tokens"] > 0 and out[-1].meta["placeholder_kept"]
     # and v* matters: the same prompts with the initial word's row differ
     assert not torch.allclose(got[0], DefendedPipeline(mini, None, task).encode_prompts([UNSAFE[0].text])[0],

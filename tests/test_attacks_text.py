@@ -7,6 +7,7 @@ import torch
 
 from attacks import _text
 from benchmark.models.tiny_random import TinyRandomModel
+from conftest import assert_close_fp
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,7 @@ def test_layout_truncates_like_the_pipeline_and_counts(pipe):
     assert ids == expected and cut == 200 - (tok.model_max_length - 2)
 
 
+@pytest.mark.numeric
 def test_encoding_from_token_embeddings_equals_the_pipeline_encoding(pipe):
     tok = pipe.tokenizer
     texts = ["a church", "a nude person on a beach"]
@@ -37,8 +39,10 @@ def test_encoding_from_token_embeddings_equals_the_pipeline_encoding(pipe):
     table = _text.token_embedding(pipe.text_encoder).weight
     ours = _text.encode_from_token_embeds(pipe.text_encoder, table[ids])
     theirs, _ = pipe.encode_prompt(texts, pipe.device, 1, False)
-    assert torch.allclose(ours, theirs, atol=1e-5)
-    assert torch.allclose(_text.encode_ids(pipe.text_encoder, ids, batch_size=1), theirs, atol=1e-5)
+    # the same encoder along another path (embeddings in; a batch of one): equal up to float32 rounding through
+    # tiny-random's 2 CLIP layers (widest reduction 37 terms); a wrong position, mask or layer is O(1) off
+    assert_close_fp(ours, theirs, terms=37, ulps=8)
+    assert_close_fp(_text.encode_ids(pipe.text_encoder, ids, batch_size=1), theirs, terms=37, ulps=8)
 
 
 def test_searchable_tokens_exclude_special_tokens(pipe):

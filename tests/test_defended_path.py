@@ -8,7 +8,7 @@ import torch
 from benchmark.api.defense import DefendedPipeline
 from benchmark.models.tiny_random import TinyRandomModel
 from benchmark.stages.generate import initial_latents
-from conftest import TOY
+from conftest import TOY, assert_close_fp
 from defenses.negative_prompt import NegativePrompt
 
 
@@ -35,6 +35,7 @@ def one_step_through_noise_prediction(defended, prompts, latents, guidance):
     return pipe.scheduler.step(eps, t, latents * pipe.scheduler.init_noise_sigma).prev_sample
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("make", [lambda m: DefendedPipeline(m, None, TOY),
                                   lambda m: NegativePrompt().apply(m, TOY, None)], ids=["none", "negative-prompt"])
 @pytest.mark.parametrize("guidance", [1.0, 5.0])
@@ -44,7 +45,9 @@ def test_noise_prediction_is_the_sampler_step(model, make, guidance):
     latents = initial_latents([3, 4], model.pipe, 32, 32)
     a = one_step_through_pipeline(defended, prompts, latents, guidance)
     b = one_step_through_noise_prediction(defended, prompts, latents, guidance)
-    assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    # two code paths (the pipeline batches CFG its own way): equal up to float32 rounding through tiny-random's
+    # UNet, whose longest reductions are 3x3 convolutions over 64 channels (576 terms)
+    assert_close_fp(a, b, terms=576, ulps=8)
 
 
 def test_noise_prediction_has_gradients_wrt_the_embedding(model):
