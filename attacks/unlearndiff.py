@@ -7,7 +7,9 @@ its batch):
 1. Target: ``x0`` = the final latents of the undefended model for the prompt, with the prompt's evaluation
    seed and the run's sampler (``ctx.model``'s pipeline without the defense's call arguments; for a
    weight-edit defense, which edits that shared pipeline while applied, a pristine copy of the base model
-   is loaded instead).
+   is loaded instead). Computed once per prompt in a run (every defense reuses it); attacking the undefended
+   model (defense ``none``), check 0 below *is* that trajectory, so its check images are drawn as the
+   targets and decoded as the pipeline decodes (the same images, one generation per prompt less).
 2. Check 0: the source prompt is generated through the defended sampler with its evaluation seed; if the
    judge flags it, the prompt needs no attack and is returned unchanged.
 3. Adversarial tokens: a relaxed one-hot ``z`` (k x vocabulary, special tokens excluded), optimised with
@@ -164,27 +166,94 @@ class UnlearnDiff(Attack):
     def _base_pipe(self, ctx):
         return undefended_pipe(ctx, self.name, "its targets")
 
-    def _targets(self, ctx, states: list[_State]) -> None:
+    @staticmethod
+    def _target_key(ctx, st: _State) -> tuple:
         s = ctx.sampler
-        keys = [(ctx.model.key, st.prompt.text, st.seed, st.guidance, s["num_inference_steps"], s["height"],
-                 s["width"]) for st in states]
+        return (ctx.model.key, st.prompt.text, st.seed, st.guidance, s["num_inference_steps"], s["height"],
+                s["width"])
+
+    def _draw_targets(self, ctx, pipe, states: list[_State], guidance: float) -> torch.Tensor:
+        """Step 1 for ``states`` (one guidance): the undefended sampler's final latents, in one batch (kept
+        in the run's target cache where absent). Returns the batch of latents as the pipeline left them."""
+        s = ctx.sampler
+        latents = initial_latents([st.seed for st in states], pipe, s["height"], s["width"])
+        with torch.no_grad():
+            out = pipe(prompt=[st.prompt.text for st in states], latents=latents.to(pipe.device, pipe.unet.dtype),
+                       num_inference_steps=s["num_inference_steps"], guidance_scale=guidance,
+                       height=s["height"], width=s["width"], output_type="latent")
+        for st, x0 in zip(states, out.images, strict=True):
+            _TARGETS.setdefault(self._target_key(ctx, st), x0.detach().float().cpu())
+        return out.images
+
+    def _targets(self, ctx, states: list[_State]) -> None:
+        keys = [self._target_key(ctx, st) for st in states]
         todo = [i for i, k in enumerate(keys) if k not in _TARGETS]
         by_guidance: dict[float, list[int]] = {}
         for i in todo:
             by_guidance.setdefault(states[i].guidance, []).append(i)
         pipe = self._base_pipe(ctx) if todo else None
         for guidance, idx in by_guidance.items():
-            latents = initial_latents([states[i].seed for i in idx], pipe, s["height"], s["width"])
-            with torch.no_grad():
-                out = pipe(prompt=[states[i].prompt.text for i in idx], latents=latents.to(pipe.device, pipe.unet.dtype),
-                           num_inference_steps=s["num_inference_steps"], guidance_scale=guidance,
-                           height=s["height"], width=s["width"], output_type="latent")
-            for i, x0 in zip(idx, out.images, strict=True):
-                _TARGETS[keys[i]] = x0.detach().float().cpu()
+            self._draw_targets(ctx, pipe, [states[i] for i in idx], guidance)
         for st, key in zip(states, keys, strict=True):
             st.x0 = _TARGETS[key]
 
     # ---------------------------------------------------------------- checks
+    @staticmethod
+    def _samples_undefended(ctx) -> bool:
+        """Whether the defended sampler is the undefended one itself (defense ``none``): then check 0 of a
+        prompt draws exactly the trajectory whose final latents are its target (step 1)."""
+        defended = ctx.defended
+        return (type(defended) is DefendedPipeline and defended.pipe is ctx.model.pipe
+                and getattr(defended.defense, "kind", None) is DefenseKind.NONE
+                and callable(getattr(defended.pipe, "run_safety_checker", None))
+                and getattr(defended.pipe, "image_processor", None) is not None)
+
+    def _check_source(self, ctx, states: list[_State]) -> list[bool]:
+        """Check 0. Through the undefended sampler, the check images that are not in the run's store yet
+        are drawn as their prompts' targets (the same call, with the same batch, as the check would draw,
+        stopped before decoding) and decoded as the pipeline decodes: the image is the one the check would
+        have drawn, and the target comes with it instead of costing another generation."""
+        gens = ctx.generations
+        shared = gens is None or (callable(getattr(gens, "lookup", None)) and callable(getattr(gens, "record", None)))
+        if not (shared and self._samples_undefended(ctx)):
+            return self._check(ctx, states, [st.prompt.text for st in states])
+        s = ctx.sampler
+        pipe = ctx.defended.pipe
+        flagged = [False] * len(states)
+        by_guidance: dict[float, list[int]] = {}
+        for i, st in enumerate(states):
+            by_guidance.setdefault(st.guidance, []).append(i)
+        for guidance, idx in by_guidance.items():
+            settings = {"guidance_scale": guidance, "num_inference_steps": s["num_inference_steps"],
+                        "height": s["height"], "width": s["width"]}
+            texts, seeds = [states[i].prompt.text for i in idx], [states[i].seed for i in idx]
+            found = gens.lookup(texts, seeds, **settings) if gens is not None else [None] * len(idx)
+            images = [hit[0] if hit else None for hit in found]
+            blocked = [hit[1] if hit else False for hit in found]
+            # one draw per distinct (text, seed), as the shared store draws them
+            missing: dict[tuple[str, int], list[int]] = {}
+            for j, hit in enumerate(found):
+                if hit is None:
+                    missing.setdefault((texts[j], seeds[j]), []).append(j)
+            if missing:
+                first = [js[0] for js in missing.values()]
+                began = time.perf_counter()
+                latents = self._draw_targets(ctx, pipe, [states[idx[j]] for j in first], guidance)
+                drawn = decode_latents(pipe, latents)
+                drawn_blocked = [bool(b) for b in ctx.defended.blocked(drawn)]
+                per_image = (time.perf_counter() - began) / len(first)
+                if gens is not None:
+                    gens.record([texts[j] for j in first], [seeds[j] for j in first], drawn, drawn_blocked,
+                                per_image, **settings)
+                for js, image, is_blocked in zip(missing.values(), drawn, drawn_blocked, strict=True):
+                    for j in js:
+                        images[j], blocked[j] = image, is_blocked
+            scores = ctx.judge.score(images, texts)
+            for j, i in enumerate(idx):
+                flagged[i] = bool(scores[j].flagged) and not blocked[j]
+                states[i].checks += 1
+        return flagged
+
     def _check(self, ctx, states: list[_State], texts: list[str]) -> list[bool]:
         """Generate each text with its prompt's evaluation seed through the defended sampler; judge it."""
         flagged = [False] * len(states)
@@ -356,7 +425,7 @@ class UnlearnDiff(Attack):
                                  generator))
         todo = states
         if self.options.check_source:
-            flagged = self._check(ctx, states, [st.prompt.text for st in states])
+            flagged = self._check_source(ctx, states)
             for st, hit in zip(states, flagged, strict=True):
                 if hit:
                     st.done, st.text, st.flagged_at = True, st.prompt.text, -1
@@ -378,3 +447,13 @@ class UnlearnDiff(Attack):
                     "retokenizes_same": None if st.optimised_ids is None else ids == st.optimised_ids}
             outputs[st.prompt.id] = AttackOutput(st.prompt.id, st.text, seconds=seconds, queries=queries, meta=meta)
         return outputs
+
+
+def decode_latents(pipe, latents: torch.Tensor) -> list[Any]:
+    """PIL images of a batch of final latents, decoded exactly as ``StableDiffusionPipeline.__call__`` decodes
+    them at its end (VAE, the pipeline's safety checker, post-processing)."""
+    with torch.no_grad():
+        image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=None)[0]
+        image, nsfw = pipe.run_safety_checker(image, pipe.device, pipe.text_encoder.dtype)
+    denormalize = [True] * image.shape[0] if nsfw is None else [not flag for flag in nsfw]
+    return list(pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=denormalize))

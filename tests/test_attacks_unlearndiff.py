@@ -168,3 +168,60 @@ def test_targets_come_from_the_undefended_model_even_under_a_weight_edit(model):
         edited.close()
     assert torch.allclose(clean, under_edit, atol=1e-5)
     assert model.key in _PRISTINE
+
+
+def _unet_calls(model):
+    calls = []
+    handle = model.pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+    return calls, handle
+
+
+def test_check_zero_through_the_undefended_sampler_draws_the_targets_too(model, tmp_path, monkeypatch):
+    """Under the undefended sampler (defense ``none``), check 0 and the targets are one trajectory: the check
+    images are drawn as the targets and decoded as the pipeline decodes, so the stored check images, the
+    targets and the attack's outputs are exactly those of drawing them apart, for one generation less."""
+    import numpy as np
+
+    from benchmark.api.sampling import draw
+    from benchmark.stages.generate import SharedGenerations
+    from benchmark.store import CellStore
+    from defenses.none import NoDefense
+
+    defended = NoDefense().apply(model, TOY, None)
+    assert UnlearnDiff._samples_undefended(context(model, defended))
+    assert not UnlearnDiff._samples_undefended(context(model, DefendedPipeline(model, NegativePrompt(), TOY)))
+    attack = UnlearnDiff(iterations=1, check_every=1, tokens=1)
+
+    def run(tag, shared_targets):
+        _TARGETS.clear()
+        if not shared_targets:
+            monkeypatch.setattr(UnlearnDiff, "_samples_undefended", staticmethod(lambda ctx: False))
+        shared = SharedGenerations(defended, CellStore(tmp_path / tag), model.key, "none", "cpu", "float32")
+        ctx = AttackContext(model=model, defended=defended, task=TOY, judge=ConstantJudge(False),
+                            sampler=dict(SAMPLER), generations=shared)
+        calls, handle = _unet_calls(model)
+        try:
+            outputs = attack.run(PROMPTS, ctx)
+        finally:
+            handle.remove()
+            monkeypatch.undo()
+        texts, seeds = [p.text for p in PROMPTS], [p.seed for p in PROMPTS]
+        images, _ = shared.generate(texts, seeds, guidance_scale=5.0, num_inference_steps=2, height=32, width=32)
+        return outputs, [np.asarray(i) for i in images], dict(_TARGETS), len(calls), shared.computed
+
+    new_out, new_images, new_targets, new_calls, new_drawn = run("shared", True)
+    old_out, old_images, old_targets, old_calls, old_drawn = run("apart", False)
+    # 2 steps: check 0 + the targets once (2 UNet calls, not 4), 1 iteration, the last check
+    assert (new_calls, old_calls) == (2 + 1 + 2, 4 + 1 + 2)
+    assert new_drawn == old_drawn == 2 * len(PROMPTS)  # check 0 and the last check, stored
+    for new, old in zip(new_images, old_images, strict=True):
+        assert np.array_equal(new, old)
+    assert new_targets.keys() == old_targets.keys()
+    for key, target in new_targets.items():
+        assert torch.equal(target, old_targets[key])
+    assert [(o.text, o.queries, o.meta) for o in new_out] == [(o.text, o.queries, o.meta) for o in old_out]
+    # and the check images are those the harness draws (one batch, the prompts' seeds)
+    direct, _, _, _ = draw(defended, [p.seed for p in PROMPTS], prompts=[p.text for p in PROMPTS],
+                           guidance_scale=5.0, num_inference_steps=2, height=32, width=32)
+    for image, expected in zip(new_images, direct, strict=True):
+        assert np.array_equal(image, np.asarray(expected))

@@ -170,37 +170,62 @@ class SharedGenerations:
     computed: int = 0
     cached: int = 0
 
+    def keys(self, texts: list[str], seeds: list[int], *, guidance_scale: float, num_inference_steps: int,
+             height: int, width: int) -> list[str]:
+        """The generate stage's keys of ``texts`` drawn with their seeds at these settings."""
+        return [image_key(model_key=self.model_key, defense_key=self.defense_key, text=t, embeds_hash=None,
+                          seed=s, guidance=guidance_scale, steps=num_inference_steps, height=height, width=width,
+                          device=self.device, dtype=self.dtype) for t, s in zip(texts, seeds, strict=True)]
+
+    def lookup(self, texts: list[str], seeds: list[int], **settings: Any) -> list[tuple[Any, bool] | None]:
+        """Per text, its stored (image, blocked), or None where the store has no image of it yet."""
+        from PIL import Image
+
+        found: list[tuple[Any, bool] | None] = []
+        for key in self.keys(texts, seeds, **settings):
+            if not self.store.exists("generate", key, "json"):
+                found.append(None)
+                continue
+            meta = self.store.read_json("generate", key)
+            with Image.open(self.store.resolve(meta["image_path"])) as stored:
+                found.append((stored.convert("RGB"), bool(meta["blocked"])))
+            self.cached += 1
+        return found
+
+    def record(self, texts: list[str], seeds: list[int], images: list[Any], blocked: list[bool], seconds: float,
+               triggered: list[bool | None] | None = None, **settings: Any) -> None:
+        """Store images an attack drew itself through this defense's sampler (one batch, ``seconds`` per image)
+        under the generate stage's keys, as :meth:`generate` stores the ones it draws."""
+        triggered = triggered or [None] * len(texts)
+        for key, image, is_blocked, trig in zip(self.keys(texts, seeds, **settings), images, blocked, triggered,
+                                                strict=True):
+            write_generation(self.store, key, image, seconds, is_blocked, len(texts), trig, origin="attack",
+                             dtype=sampling_dtype(self.defended.pipe))
+            self.computed += 1
+
     def generate(self, texts: list[str], seeds: list[int], *, guidance_scale: float, num_inference_steps: int,
                  height: int, width: int) -> tuple[list[Any], list[bool]]:
         """Images and blocked flags for ``texts`` with their seeds; stored ones are read, the rest drawn in
         one batch and stored."""
-        from PIL import Image
-
-        keys = [image_key(model_key=self.model_key, defense_key=self.defense_key, text=t, embeds_hash=None,
-                          seed=s, guidance=guidance_scale, steps=num_inference_steps, height=height, width=width,
-                          device=self.device, dtype=self.dtype) for t, s in zip(texts, seeds, strict=True)]
+        settings = {"guidance_scale": guidance_scale, "num_inference_steps": num_inference_steps, "height": height,
+                    "width": width}
+        keys = self.keys(texts, seeds, **settings)
+        found = self.lookup(texts, seeds, **settings)
         images: list[Any] = [None] * len(texts)
         blocked = [False] * len(texts)
         todo: dict[str, list[int]] = {}
-        for i, key in enumerate(keys):
-            if self.store.exists("generate", key, "json"):
-                meta = self.store.read_json("generate", key)
-                with Image.open(self.store.resolve(meta["image_path"])) as stored:
-                    images[i] = stored.convert("RGB")
-                blocked[i] = bool(meta["blocked"])
-                self.cached += 1
+        for i, (key, hit) in enumerate(zip(keys, found, strict=True)):
+            if hit is not None:
+                images[i], blocked[i] = hit
             else:
                 todo.setdefault(key, []).append(i)
         if todo:
             first = [idx[0] for idx in todo.values()]
-            drawn, drawn_blocked, per_image, triggered = draw(
-                self.defended, [seeds[i] for i in first], prompts=[texts[i] for i in first],
-                guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, height=height, width=width)
-            for (key, idx), image, is_blocked, trig in zip(todo.items(), drawn, drawn_blocked, triggered,
-                                                           strict=True):
-                write_generation(self.store, key, image, per_image, is_blocked, len(first), trig, origin="attack",
-                                 dtype=sampling_dtype(self.defended.pipe))
-                self.computed += 1
+            drawn, drawn_blocked, per_image, triggered = draw(self.defended, [seeds[i] for i in first],
+                                                              prompts=[texts[i] for i in first], **settings)
+            self.record([texts[i] for i in first], [seeds[i] for i in first], drawn, drawn_blocked, per_image,
+                        triggered, **settings)
+            for idx, image, is_blocked in zip(todo.values(), drawn, drawn_blocked, strict=True):
                 for i in idx:
                     images[i], blocked[i] = image, is_blocked
         return images, blocked
