@@ -39,6 +39,36 @@ def load_script(path: Path):
 
 
 @pytest.fixture(scope="session")
+def _sd_mini_loaded():
+    import torch
+
+    from benchmark.models.sd_mini import SdMiniModel
+
+    return SdMiniModel().load(torch.device("cpu"), torch.float32)
+
+
+def _fingerprint(model) -> list[float]:
+    """Sum of each parameter of the pipeline's networks, in float64: any edit left behind changes it."""
+    import torch
+
+    with torch.no_grad():
+        return [float(p.double().sum()) for net in (model.pipe.unet, model.pipe.text_encoder, model.pipe.vae)
+                for p in net.parameters()]
+
+
+@pytest.fixture(scope="module")
+def sd_mini(_sd_mini_loaded, request):
+    """sd-mini's shipped pipeline, loaded once per session (fp32, CPU) and shared by the test modules that
+    use it. A module must leave it as it found it (weight edits restored, hooks removed): checked after the
+    module, so one module cannot silently change the model the next one tests."""
+    before = _fingerprint(_sd_mini_loaded)
+    yield _sd_mini_loaded
+    assert _fingerprint(_sd_mini_loaded) == before, (
+        f"{request.module.__name__} left the shared sd-mini pipeline's weights changed; restore them "
+        "(weight-edit defenses restore on exiting their context), or load a private copy with SdMiniModel().load")
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"third-party prompt files not present at {SHARED_DATA}")
@@ -84,7 +114,7 @@ def float_tol(reference, *, terms: int = 1, ulps: float = 4.0, eps: float = FP32
     after reductions of ``terms`` products, whichever kernels and thread count computed it."""
     import torch
 
-    reference = torch.as_tensor(reference).detach().double()
+    reference = _as_float64(torch.as_tensor(reference).detach())
     scale = float(reference.abs().max()) if reference.numel() else 0.0
     return ulps * eps * scale * math.sqrt(terms)
 
@@ -95,8 +125,14 @@ def assert_close_fp(actual, expected, *, terms: int = 1, ulps: float = 4.0, eps:
     absolute difference; tensors, arrays and numbers alike; shapes must match and a NaN fails."""
     import torch
 
-    a, e = (torch.as_tensor(v).detach().double().cpu() for v in (actual, expected))
+    a, e = (_as_float64(torch.as_tensor(v).detach().cpu()) for v in (actual, expected))
     assert a.shape == e.shape, f"{msg} shape {tuple(a.shape)} != {tuple(e.shape)}"
     tol = float_tol(e if scale is None else scale, terms=terms, ulps=ulps, eps=eps)
     diff = float((a - e).abs().max()) if a.numel() else 0.0
     assert diff <= tol, f"{msg} max |diff| {diff:.3g} > tolerance {tol:.3g} (ulps={ulps}, terms={terms})"
+
+
+def _as_float64(tensor):
+    import torch
+
+    return tensor.to(torch.complex128) if tensor.is_complex() else tensor.double()

@@ -20,7 +20,6 @@ from benchmark.api.errors import OptionError
 from benchmark.api.judge import Judge, JudgeIdentity, JudgeResult
 from benchmark.api.registry import ATTACKS, DEFENSES, PROMPT_SETS, TASKS
 from benchmark.api.sampling import draw, initial_latents
-from benchmark.models.sd_mini import SdMiniModel
 from defenses.saferedir import threshold_logit
 
 STEPS = 6  # a short sampler keeps each test to seconds; the decision logic does not depend on it
@@ -41,8 +40,8 @@ class NeverFlags(Judge):
 
 
 @pytest.fixture(scope="module")
-def model():
-    return SdMiniModel().load(torch.device("cpu"), torch.float32)
+def model(sd_mini):
+    return sd_mini
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +105,7 @@ def test_bad_options_fail_when_built(options, needle):
         SwitchAware(**options)
 
 
+@pytest.mark.numeric
 def test_the_exposed_logit_is_the_decision_the_sampler_takes(model, task, artifact, unsafe_prompts):
     # replace_steps beyond the sampler's steps: only the step-0 check decides, so its inputs are known
     defended = saferedir(model, task, artifact, replace_steps=100)

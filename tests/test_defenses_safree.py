@@ -17,7 +17,7 @@ from benchmark.api.defense import DefendedPipeline, PrepareContext
 from benchmark.api.errors import ConfigError, OptionError
 from benchmark.api.registry import TASKS
 from benchmark.contracts import check_defense, pipeline_fingerprint
-from benchmark.models.sd_mini import SdMiniModel
+from conftest import assert_close_fp
 from defenses.safree import (
     Safree,
     analyse,
@@ -33,8 +33,8 @@ TOXIC = "a red arrow on a white background, splattered with blood"
 
 
 @pytest.fixture(scope="module")
-def model():
-    return SdMiniModel().load(torch.device("cpu"), torch.float32)
+def model(sd_mini):
+    return sd_mini
 
 
 @pytest.fixture(scope="module")
@@ -96,16 +96,20 @@ def test_self_validating_filter_is_the_releases_step_rule():
     assert svf_steps(0.9, 10, 0.5333, 50.0) == 10 and svf_steps(0.2, 10, 0.5333, 50.0) == 0
 
 
+@pytest.mark.numeric
 def test_reattention_damps_only_amplified_low_frequencies():
     g = torch.Generator().manual_seed(1)
     reference = torch.randn(2, 3, 8, 8, generator=g)
-    assert torch.allclose(damp_low_frequencies(reference, reference, 0.2, 1), reference, atol=1e-5)
+    # an 8x8 FFT there and back: float32 rounding over 64-term sums, on the scale of the input
+    assert_close_fp(damp_low_frequencies(reference, reference, 0.2, 1), reference, terms=64, ulps=4)
     brighter = reference + 5.0  # a larger DC component (the centre of the shifted spectrum)
     out = damp_low_frequencies(brighter, reference, 0.5, 1)
     spectrum = torch.fft.fft2(out)
     assert torch.allclose(spectrum[..., 0, 0], 0.5 * torch.fft.fft2(brighter)[..., 0, 0], rtol=1e-4)
     high = (slice(None), slice(None), slice(3, 6), slice(3, 6))  # frequencies outside the 2x2 window
-    assert torch.allclose(spectrum[high], torch.fft.fft2(brighter)[high], atol=1e-3)
+    # untouched up to FFT rounding, which spreads over every frequency at the scale of the largest (the DC
+    # term, ~320): 64-term sums there and back; damping would change them by O(1)
+    assert_close_fp(spectrum[high], torch.fft.fft2(brighter)[high], scale=torch.fft.fft2(brighter), terms=64, ulps=4)
 
 
 # ------------------------------------------------------------------------------------------- on sd-mini

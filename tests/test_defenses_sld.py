@@ -17,7 +17,7 @@ from benchmark.api.defense import DefendedPipeline
 from benchmark.api.errors import ConfigError, OptionError
 from benchmark.models.tiny_random import TinyRandomModel
 from benchmark.stages.generate import initial_latents
-from conftest import TOY
+from conftest import TOY, assert_close_fp
 from defenses.sld import PRESETS, Sld, SldPreset
 
 PROMPTS = ["a church on a hill", "a red car"]
@@ -54,6 +54,7 @@ def test_a_task_without_concept_words_needs_the_concept_option():
     Sld().check_inputs(CheckContext("tiny-random", TOY))
 
 
+@pytest.mark.numeric
 def test_loop_reproduces_the_undefended_sampler_during_warm_up(model):
     """3 steps < weak's 15 warm-up steps: safety guidance never applies, so SLD's own loop must give the
     undefended pipeline's images (same scheduler, same initial latents, same decoding)."""
@@ -65,7 +66,9 @@ def test_loop_reproduces_the_undefended_sampler_during_warm_up(model):
     assert np.abs(pixels(base) - pixels(ours)).max() <= 1
     reference = model.pipe(prompt=PROMPTS, latents=latents.clone(), output_type="latent", **kwargs).images
     own = sld.denoise(PROMPTS, latents.clone(), prompt_embeds=None, num_inference_steps=3, guidance_scale=5.0)
-    assert torch.allclose(reference, own, atol=1e-5)
+    # diffusers' loop vs SLD's own, 3 steps: float32 rounding through tiny-random's UNet (3x3 convolutions
+    # over 64 channels, 576 terms), compounded over the steps
+    assert_close_fp(own, reference, terms=576, ulps=16)
 
 
 def test_max_safety_guidance_changes_the_images(model):
@@ -85,6 +88,7 @@ def test_prompt_embeds_give_the_same_images_as_their_prompts(model):
     assert np.abs(pixels(by_text) - pixels(by_embeds)).max() == 0
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 @pytest.mark.parametrize("guidance", [1.0, 5.0])
 def test_noise_prediction_is_the_sampler_step(model, preset, guidance):
@@ -100,7 +104,8 @@ def test_noise_prediction_is_the_sampler_step(model, preset, guidance):
     with torch.no_grad():
         eps = sld.noise_prediction(scheduler.scale_model_input(x, t), t, sld.encode_prompts(PROMPTS),
                                    guidance_scale=guidance)
-    assert torch.allclose(scheduler.step(eps, t, x).prev_sample, one_step, atol=1e-5)
+    # the stateless prediction vs the loop's batched one: float32 rounding through tiny-random's UNet (576 terms)
+    assert_close_fp(scheduler.step(eps, t, x).prev_sample, one_step, terms=576, ulps=8)
 
 
 def test_safety_guidance_and_momentum_follow_the_formula(model):

@@ -10,7 +10,7 @@ import torch
 
 from benchmark.api.defense import PrepareContext
 from benchmark.models.tiny_random import TinyRandomModel
-from conftest import TOY
+from conftest import TOY, assert_close_fp
 from defenses.esd import DELTA_FILE, EsdU, EsdX, esd_parameters
 from defenses.uce import Uce, token_tail, uce_edit
 from defenses.weight_edit import ArtifactPathError, WeightEditPipeline, artifact_file, cross_attention_modules
@@ -152,6 +152,7 @@ def test_uce_default_preserve_set_uses_the_world_words():
     assert "star" in preserve and OBJECT_CONCEPT not in preserve and all(":" not in p for p in preserve)
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("make", ["esd-x", "uce"])
 def test_noise_prediction_is_the_sampler_step_under_a_weight_edit(model, tmp_path, make):
     """A weight edit changes the UNet in place, so the inherited differentiable path must still equal one
@@ -171,6 +172,8 @@ def test_noise_prediction_is_the_sampler_step_under_a_weight_edit(model, tmp_pat
         with torch.no_grad():
             eps = defended.noise_prediction(pipe.scheduler.scale_model_input(x, t), t,
                                             defended.encode_prompts(prompts), guidance_scale=5.0)
-        assert torch.allclose(pipe.scheduler.step(eps, t, x).prev_sample, step, atol=1e-5)
+        # the differentiable path vs the pipeline's step: float32 rounding through the UNet's widest
+        # reduction (3x3 convolutions over 64 channels, 576 terms)
+        assert_close_fp(pipe.scheduler.step(eps, t, x).prev_sample, step, terms=576, ulps=8)
     finally:
         defended.close()

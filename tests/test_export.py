@@ -120,6 +120,7 @@ def test_embedding_rows_go_to_a_safetensors_file_beside_the_csv(source, tmp_path
     assert sorted(tensors) == ["0", "1"] and tensors["0"].ndim == 2
 
 
+@pytest.mark.numeric
 @pytest.mark.slow  # two tiny runs and four replays: ~1 min on 2 idle cores
 def test_replay_reproduces_the_source_images_text_and_embeddings(source, transfer):
     store = source.parent

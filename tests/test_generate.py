@@ -54,6 +54,7 @@ def test_negative_prompt_changes_the_image(model):
     assert np.abs(a - b).max() > 0
 
 
+@pytest.mark.numeric
 def test_images_an_attack_draws_are_the_generate_stages_cells(model, tmp_path):
     """An attack's judge checks go through the generate stage's store: the second request for the same
     (text, seed, sampler) reads the stored image instead of drawing it again, and the generate stage finds
@@ -71,8 +72,8 @@ def test_images_an_attack_draws_are_the_generate_stages_cells(model, tmp_path):
     assert shared.computed == 2 and shared.cached == 0  # the duplicate (text, seed) is drawn once
     assert blocked == [False, False, False]
     direct = _generate(defended, texts[:2], seeds[:2])
-    for image, expected in zip(first[:2], direct, strict=True):
-        assert np.abs(np.asarray(image, dtype=np.int16) - expected).max() <= 1
+    for image, expected in zip(first[:2], direct, strict=True):  # another batch: float32 rounding may move a
+        assert np.abs(np.asarray(image, dtype=np.int16) - expected).max() <= 1  # pixel by one uint8 level
     again, _ = shared.generate(texts[:1], seeds[:1], **settings)
     assert shared.computed == 2 and shared.cached == 1
     assert np.array_equal(np.asarray(again[0]), np.asarray(first[0]))

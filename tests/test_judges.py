@@ -30,6 +30,7 @@ from benchmark.judges.nudenet_judge import (
     score_detections,
     wheel_model_path,
 )
+from conftest import assert_close_fp
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -242,14 +243,17 @@ def test_clip_score_is_deterministic_and_leaves_global_rng_alone(clip_score_judg
     assert [r.score for r in again.score(images, prompts)] == first
 
 
+@pytest.mark.numeric
 def test_clip_score_alone_equals_in_batch(clip_score_judge) -> None:
     images = _noise_images()
     prompts = [f"prompt number {i} with some words" for i in range(len(images))]
     batched = clip_score_judge.score(images, prompts)
     for i, image in enumerate(images):
         alone = clip_score_judge.score([image], [prompts[i]])[0]
-        assert alone.details["cosine"] == pytest.approx(batched[i].details["cosine"], abs=1e-4)
-        assert alone.score == pytest.approx(batched[i].score, abs=1e-4)
+        # a batch of one vs seven: float32 rounding through tiny-random's CLIP towers (widest reduction: the
+        # 8x8x3 = 192-term patch embedding) on the cosine's range 1, and the score's 100 x cosine
+        assert_close_fp(alone.details["cosine"], batched[i].details["cosine"], scale=1.0, terms=192, ulps=8)
+        assert_close_fp(alone.score, batched[i].score, scale=100.0, terms=192, ulps=8)
 
 
 def test_uncached_hub_model_fails_fast_naming_the_id(monkeypatch, tmp_path) -> None:
@@ -675,6 +679,7 @@ def _contract_images() -> list[Image.Image]:
     return [_noise_images()[1], rendered, Image.new("RGB", (64, 64), (200, 40, 40))]
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("name", ["nudenet", "mini-detector", "clip-mini", "clip-score", "clip-zero-shot"])
 def test_contract_batch_scores_equal_one_at_a_time(name: str) -> None:
     judge = _contract_judge(name)
@@ -684,7 +689,11 @@ def test_contract_batch_scores_equal_one_at_a_time(name: str) -> None:
     assert len(batched) == len(images)
     for image, prompt, together in zip(images, prompts, batched, strict=True):
         (alone,) = judge.score([image], [prompt])
-        assert alone.score == pytest.approx(together.score, abs=1e-4)
+        # batch vs one at a time: float32 rounding on the score's full range (clip-score, clip-mini: 100 x a
+        # cosine, measured up to 1.1e-5 apart on AVX2; the others: probabilities) through the widest reduction
+        # (clip-mini's 3x3 convolutions over 128 channels, 1152 terms); a batching bug moves scores by O(1)
+        full_range = 100.0 if name in ("clip-score", "clip-mini") else 1.0
+        assert_close_fp(alone.score, together.score, scale=full_range, terms=1152, ulps=4)
         assert alone.flagged == together.flagged
         assert (alone.flagged is None) == (judge.role == "utility")
 

@@ -28,7 +28,7 @@ from benchmark.models.tiny_random import TinyRandomModel
 from benchmark.stages import StageCounter
 from benchmark.stages.attack import run_attack
 from benchmark.store import CellStore
-from conftest import TOY, run_cli
+from conftest import TOY, assert_close_fp, run_cli
 
 
 def fits_at_most(limit: int, seen: list[list[int]]):
@@ -126,6 +126,7 @@ def test_a_run_on_a_card_too_small_for_its_batch_finishes_and_records_the_halvin
 
 
 # ------------------------------------------------------------------------------------------------ micro-batches
+@pytest.mark.numeric
 def test_micro_batches_accumulate_the_whole_batchs_gradient_and_restart_the_step_on_oom():
     torch.manual_seed(0)
     weight = torch.randn(3, requires_grad=True)
@@ -159,7 +160,8 @@ def test_micro_batches_accumulate_the_whole_batchs_gradient_and_restart_the_step
     assert backoff.events == [{"what": "prepare esd-x toy", "from": 6, "to": 3},
                               {"what": "prepare esd-x toy", "from": 3, "to": 1}]
     assert loss == pytest.approx(whole_loss, rel=1e-6)
-    assert torch.allclose(grad, whole_grad, rtol=1e-5, atol=1e-7)  # the half-done backward was cleared
+    # the half-done backward was cleared: the gradient is the whole batch's up to the order of its 6 terms
+    assert_close_fp(grad, whole_grad, terms=6, ulps=4)
     with pytest.raises(OutOfMemoryAtBatchOneError, match="one item alone does not fit"):
         step(0)
 
@@ -349,6 +351,7 @@ def test_each_white_box_attack_measures_one_real_step_through_the_defended_sampl
     assert calls == [(1, True, SAMPLER["guidance_scale"])]  # one prompt, differentiable, the run's guidance
 
 
+@pytest.mark.numeric
 def test_concept_inversion_splits_a_step_into_micro_batches_with_the_same_v_star(tiny):
     from attacks.concept_inversion import _IMAGES, _LEARNED, ConceptInversion
 
@@ -364,7 +367,9 @@ def test_concept_inversion_splits_a_step_into_micro_batches_with_the_same_v_star
     assert card.refused == [4, 2]  # 4 -> 2 -> 1, then every step in micro-batches of one
     assert events == [{"what": "attack concept-inversion toy/none training images per step", "from": 4, "to": 2},
                       {"what": "attack concept-inversion toy/none training images per step", "from": 2, "to": 1}]
-    assert torch.allclose(micro.embeds, whole.embeds, rtol=1e-4, atol=1e-6)
+    # gradients summed over micro-batches instead of one batch, 2 Adam steps: float32 rounding through
+    # tiny-random's UNet and text encoder (576-term reductions) on the scale of the embeddings
+    assert_close_fp(micro.embeds, whole.embeds, terms=576, ulps=32)
     assert micro.meta["loss_after"] == pytest.approx(whole.meta["loss_after"], rel=1e-4)
     assert whole.meta["loss_after"] != whole.meta["loss_before"]  # v* moved: the comparison means something
 
@@ -431,6 +436,7 @@ def same_deltas(micro: dict[str, torch.Tensor], whole: dict[str, torch.Tensor]) 
         assert float((micro[name] - value).abs().max()) <= 1e-4 * scale, name
 
 
+@pytest.mark.numeric
 def test_esd_trains_the_same_weights_in_micro_batches_and_records_the_halving(tiny, monkeypatch, sgd):
     from defenses.esd import train_esd
 
@@ -445,6 +451,7 @@ def test_esd_trains_the_same_weights_in_micro_batches_and_records_the_halving(ti
     same_deltas(micro, whole)
 
 
+@pytest.mark.numeric
 def test_advunlearn_trains_the_same_encoder_with_its_retain_prompts_in_micro_batches(tiny, monkeypatch, sgd):
     from defenses.advunlearn import AdvUnlearn, train_advunlearn
 
@@ -460,6 +467,7 @@ def test_advunlearn_trains_the_same_encoder_with_its_retain_prompts_in_micro_bat
     same_deltas(micro, whole)
 
 
+@pytest.mark.numeric
 def test_saferedir_training_runs_its_unet_passes_in_micro_batches_with_the_same_redirector(tiny, monkeypatch):
     import defenses.saferedir_train as training
     from defenses.saferedir import SafeRedir
