@@ -193,8 +193,9 @@ def test_the_source_is_checked_before_any_work(tmp_path):
         Checkpoint(path="a", hub_id="b", revision="0" * 40)
     with pytest.raises(OptionError, match="component='vae'"):
         Checkpoint(path="a", component="vae")
-    (tmp_path / "unet.safetensors").write_bytes(b"")
-    check(path=str(tmp_path))  # its content is verified by the prepare stage
+    (tmp_path / "unet.safetensors").write_bytes(b"")  # a corrupt header fails here too, before any work
+    with pytest.raises(UserError, match="unet.safetensors is not a readable .safetensors file"):
+        check(path=str(tmp_path))
 
 
 def test_a_file_changed_after_verification_is_refused(model, esd, tmp_path):

@@ -8,6 +8,10 @@ annotations, checked by pydantic when the component is built (at resolve time, b
         threshold: Annotated[float, Field(ge=0, le=1)] = 0.8   # cosine a paraphrase must keep
         preset: Literal["auto", "paper", "mini"] = "auto"       # budget preset
 
+An option that names a file is typed :class:`benchmark.api.files.FilePath` (``LocalPath`` for a file or a
+folder, ``PathOrHubId`` for a local path or a hub id): it enters the cell keys by the file's content hash,
+never by its path, and a missing file fails when the component is checked (:meth:`Component.check_files`).
+
 The trailing comment of a field is its help text (``benchmark list --options NAME`` prints it). Checks that
 need the run's context (the model, the task, the data directory) go in :meth:`Component.check_inputs`,
 which the resolver calls for every task before anything is prepared, in the manner of diffusers'

@@ -49,6 +49,7 @@ class FilePath(str):
     def __get_pydantic_json_schema__(cls, schema: Any, handler: Any) -> dict[str, Any]:
         json_schema = dict(handler(schema))
         json_schema["format"] = cls.what.replace(" ", "-")
+        json_schema.pop("minLength", None)  # "file" says it: no "at least 1 characters" in option listings
         return json_schema
 
     def exists(self, path: Path) -> bool:
