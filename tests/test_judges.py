@@ -144,13 +144,18 @@ def test_solid_images_give_no_detections(nudenet_judge: NudeNetJudge) -> None:
         assert result.score == 0.0 and result.flagged is False and result.details == {}
 
 
+@pytest.mark.numeric
 def test_batching_matches_one_by_one(nudenet_judge: NudeNetJudge) -> None:
     images = _noise_images()
     detector = nudenet_judge.detector
     blobs = np.stack([preprocess(image)[0] for image in images])
     batched = detector.forward(blobs)
     singles = np.concatenate([detector.forward(blobs[i : i + 1]) for i in range(len(images))])
-    np.testing.assert_allclose(batched, singles, atol=1e-4)
+    # onnxruntime's kernels differ by CPU too: float32 rounding through YOLOv8's widest reduction (3x3
+    # convolutions over 256 channels, 2304 terms), on each part's scale: box coordinates (rows 0-3, pixels of
+    # the 320 px input) and class probabilities (rows 4-21, range 1); a batching bug moves them by O(1)
+    assert_close_fp(batched[:, :4], singles[:, :4], terms=2304, ulps=4)
+    assert_close_fp(batched[:, 4:], singles[:, 4:], scale=1.0, terms=2304, ulps=4)
     assert detector.detect(images, batch_size=4) == [detector.detect([image])[0] for image in images]
     one_by_one = NudeNetJudge(batch_size=1)
     assert nudenet_judge.score(images, [""] * len(images)) == one_by_one.score(images, [""] * len(images))
