@@ -16,16 +16,12 @@ from benchmark.api.errors import OptionError
 from benchmark.api.judge import JudgeResult
 from benchmark.api.prompt import Prompt
 from benchmark.api.registry import JUDGES, PROMPT_SETS, TASKS
-from benchmark.models.sd_mini import SdMiniModel
 from benchmark.models.tiny_random import TinyRandomModel
 from conftest import TOY
 
 MINI_SAMPLER = {"num_inference_steps": 25, "guidance_scale": 7.5, "height": 64, "width": 64}
 
 
-@pytest.fixture(scope="module")
-def sd_mini():
-    return SdMiniModel().load(torch.device("cpu"), torch.float32)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from benchmark.api.attack import AttackContext
 from benchmark.api.defense import DefendedPipeline
 from benchmark.api.registry import ATTACKS, DEFENSES, JUDGES, PROMPT_SETS, TASKS
 from benchmark.contracts import check_attack, check_defense, check_judge, pipeline_fingerprint
-from benchmark.models.sd_mini import SdMiniModel
 
 # Small budgets so that each contract takes seconds; the contracts themselves do not depend on budgets.
 FAST_DEFENSES = {
@@ -43,8 +42,8 @@ JUDGE_OPTIONS = {
 
 
 @pytest.fixture(scope="module")
-def model():
-    return SdMiniModel().load(torch.device("cpu"), torch.float32)
+def model(sd_mini):
+    return sd_mini
 
 
 @pytest.fixture(scope="module")

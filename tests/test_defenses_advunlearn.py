@@ -20,7 +20,6 @@ from benchmark.api.errors import ConfigError, DataFileError, OptionError
 from benchmark.api.registry import TASKS
 from benchmark.contracts import check_defense, pipeline_fingerprint
 from benchmark.models.mini.tasks import TASKS as MINI_TASKS
-from benchmark.models.sd_mini import SdMiniModel
 from defenses.advunlearn import (
     DELTA_FILE,
     AdvUnlearn,
@@ -43,8 +42,8 @@ FAST = {"iterations": 2, "warmup": 1, "attack_steps": 1, "ddim_steps": 2, "pool"
 
 
 @pytest.fixture(scope="module")
-def model():
-    return SdMiniModel().load(torch.device("cpu"), torch.float32)
+def model(sd_mini):
+    return sd_mini
 
 
 @pytest.fixture(scope="module")

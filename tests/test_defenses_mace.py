@@ -18,7 +18,6 @@ from benchmark.api.defense import PrepareContext
 from benchmark.api.errors import ConfigError, OptionError
 from benchmark.api.registry import TASKS
 from benchmark.contracts import check_defense, pipeline_fingerprint
-from benchmark.models.sd_mini import SdMiniModel
 from benchmark.models.tiny_random import TinyRandomModel
 from conftest import TOY
 from defenses.mace import DELTA_FILE, Mace, projection_weights, ridge_solve, shared_positions
@@ -42,8 +41,8 @@ CONCEPT_PROMPTS = ["a red arrow on a blue background", "a green arrow", "an imag
 
 
 @pytest.fixture(scope="module")
-def mini():
-    return SdMiniModel().load(torch.device("cpu"), torch.float32)
+def mini(sd_mini):
+    return sd_mini
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from benchmark.api.defense import PrepareContext
 from benchmark.api.errors import ConfigError, OptionError
 from benchmark.api.registry import DEFENSES, TASKS
 from benchmark.contracts import check_defense
-from benchmark.models.sd_mini import SdMiniModel
 from conftest import assert_close_fp
 from defenses.rece import DELTA_FILE, Rece, adversarial_embedding, base_weights, concept_score, erase_step, rece_edit
 from defenses.uce import aligned, token_tail, uce_edit
@@ -24,8 +23,8 @@ FAST_RECE = {"epochs": 1}  # the contract's options: one epoch is every code pat
 
 
 @pytest.fixture(scope="module")
-def model():
-    return SdMiniModel().load(torch.device("cpu"), torch.float32)
+def model(sd_mini):
+    return sd_mini
 
 
 def settings(task_name: str, **overrides) -> tuple[list[str], str, list[str], dict]:
