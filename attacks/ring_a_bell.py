@@ -193,7 +193,7 @@ class RingABell(Attack):
     def resolve_file(self, option: str, value: str) -> Path:
         """``pairs`` / ``vector``: absolute, or under the data directory (as :meth:`_source` reads them)."""
         path = Path(value).expanduser()
-        return path if path.is_absolute() else resolve_data_dir(getattr(self, "_data_dir", None))[0] / path
+        return path if path.is_absolute() else resolve_data_dir(self.data_dir)[0] / path
 
     def _published_vector(self, ctx) -> torch.Tensor:
         _, path = self._source(ctx)

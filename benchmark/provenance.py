@@ -57,3 +57,30 @@ def collect(device: torch.device, model_provenance: dict[str, Any]) -> dict[str,
         "device": device_info(device),
         "model": model_provenance,
     }
+
+
+def named_files(plan: Any) -> list[dict[str, Any]]:
+    """Each file or folder the run names (the components' file options, ``--prompts``, ``--benign-prompts``):
+    its role (``defense:saferedir.checkpoint``, ``--prompts``), path and sha256. Cell keys hold only the hashes;
+    this is where a run says which path each came from."""
+    from benchmark.api.files import full_sha256
+    from benchmark.api.registry import ATTACKS, DEFENSES, JUDGES
+
+    config = plan.config
+    components: list[Any] = [DEFENSES.get(d)(**config.defense_options.get(d, {})) for d in config.defenses]
+    components += [ATTACKS.get(a)(**config.attack_options.get(a, {})) for a in config.attacks]
+    for task in plan.tasks:
+        for role, spec in (("concept", task.judge), ("utility", task.utility_judge)):
+            judge_cls = JUDGES.get(spec.name)
+            judge = judge_cls.__new__(judge_cls)  # options only: no model is loaded
+            judge.options = judge_cls.validate_options(plan.judge_options[task.name][role])
+            components.append(judge)
+    files: dict[tuple[str, str], dict[str, Any]] = {}
+    for component in components:
+        component.data_dir = config.data_dir
+        for entry in component.named_files():
+            files.setdefault((entry["role"], entry["path"]), entry)
+    for flag, value in (("--prompts", config.prompts), ("--benign-prompts", config.benign_prompts)):
+        if value and Path(value).is_file():
+            files.setdefault((flag, value), {"role": flag, "path": str(value), "sha256": full_sha256(value)})
+    return list(files.values())

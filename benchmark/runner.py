@@ -150,7 +150,8 @@ def execute(config: RunConfig, *, shard: Shard | None = None, collect: bool = Fa
     # Cells computed in bf16/fp16 are other cells than fp32 ones (keyed_by_dtype: the key names the dtype).
     model = keyed_by_dtype(plan.spec.load(torch.device(device), DTYPES[config.dtype], config.model_revision))
     check_image_size(model, config)
-    run_provenance = {**provenance.collect(model.device, model.provenance), "dtype": config.dtype}
+    run_provenance = {**provenance.collect(model.device, model.provenance), "dtype": config.dtype,
+                      "files": provenance.named_files(plan)}  # each named file's role, path and sha256
     if shard is None and not collect:
         atomic_write_json(run_dir / "provenance.json", run_provenance)  # written now: a killed run still has it
     counters = {s: StageCounter(s) for s in ("prepare", "attack", "generate", "judge")}
@@ -210,6 +211,7 @@ def _run_cells(config: RunConfig, plan, store: CellStore, run_dir: Path, shard, 
                 cells: list[tuple[GenCell, dict]] = []
                 for attack_name in config.attacks:
                     attack = ATTACKS.get(attack_name)(**config.attack_options.get(attack_name, {}))
+                    attack.data_dir = config.data_dir  # file options relative to it are keyed there
                     if not attack.allowed_against(defense):
                         notes.append(f"attack {attack_name} skipped against {defense_name}: "
                                      f"{attack.not_applicable_reason(defense)}")

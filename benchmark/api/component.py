@@ -80,6 +80,9 @@ class Component:
     # Options added after a component shipped, with the value that reproduces its earlier behaviour: left out
     # of :meth:`config` while they keep that value, so earlier cells and shipped artifacts stay valid.
     added_options: ClassVar[dict[str, Any]] = {}
+    # The run's data directory (--data-dir), set by the resolver and the runner: file options given relative
+    # to it (Ring-A-Bell's ``pairs``) resolve under it in :meth:`resolve_file`.
+    data_dir: str | None = None
 
     def __init__(self, **options: Any):
         self.options = type(self).validate_options(options)
@@ -156,7 +159,7 @@ class Component:
 
     def resolve_file(self, option: str, value: str) -> Path:
         """Where option ``option``'s value points (override for paths relative to something else, e.g. the
-        data directory; :meth:`check_files` stores the run's ``data_dir`` in ``self._data_dir`` first)."""
+        data directory: ``self.data_dir``, which :meth:`check_files` sets from its context)."""
         return Path(value).expanduser()
 
     def file_key(self, option: str) -> str:
@@ -174,7 +177,7 @@ class Component:
         """Every file or folder the options name exists; else an :class:`OptionError` naming the option and
         what to do. Called by the resolver with :meth:`check_inputs`, before any work."""
         if ctx is not None:
-            self._data_dir = ctx.data_dir
+            self.data_dir = ctx.data_dir
         for option, value in self.file_options().items():
             path = self.resolve_file(option, value)
             if value.must_exist and not value.exists(path):
