@@ -16,8 +16,10 @@ Pickles are opened only with ``torch.load(weights_only=True)``, which refuses an
 code. Original-LDM-format checkpoints (``model.diffusion_model.*`` keys) are not converted: convert them
 to diffusers first.
 
-The prepare stage verifies the checkpoint and records its content hash in the artifact directory;
-``apply`` refuses a source whose content has changed since, so cached images never describe other weights.
+``path`` enters the cell keys by the content of the weight files read from it (a ``LocalPath`` option), never
+by the path: rewriting the files in place recomputes the cells. The prepare stage also records the content
+hash in the artifact directory; ``apply`` refuses a source whose content has changed since (a file rewritten
+during a run), so cached images never describe other weights.
 
 Checks before any work: ``path`` and ``hub_id`` exclude each other, a ``hub_id`` needs ``revision`` (a
 40-hex commit) and ``component`` is one of auto, unet, text_encoder, when the defense is built; the
