@@ -42,8 +42,11 @@ def test_all_defenses_leave_out_those_that_need_user_data(tmp_path):
     config = resolve(RunConfig(model="tiny-random", tasks=["toy"], defenses=["all"], attacks=["none"])).config
     assert "checkpoint" not in config.defenses and {"none", "esd-x", "saferedir", "sld"} <= set(config.defenses)
     # asked for by name (with its options), it runs
+    import torch
+    from safetensors.torch import save_file
+
     checkpoint = tmp_path / "x.safetensors"
-    checkpoint.write_bytes(b"")
+    save_file({"conv_in.weight": torch.zeros(1)}, str(checkpoint))  # readable: its keys are checked at prepare
     named = resolve(RunConfig(model="tiny-random", tasks=["toy"], defenses=["checkpoint"], attacks=["none"],
                               defense_options={"checkpoint": {"path": str(checkpoint)}})).config
     assert "checkpoint" in named.defenses

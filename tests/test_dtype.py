@@ -13,6 +13,7 @@ On the CPU in bf16, on the trained sd-mini world (its shipped SafeRedir and its 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,23 @@ from benchmark.api.registry import DEFENSES, JUDGES, TASKS
 from benchmark.models.mini import PIPELINE_DIR
 from conftest import run_cli
 
+
+def _bf16_attention_refused() -> str:
+    """Why this process cannot run bf16 attention, or "". With kernels forced below the CPU's
+    (``ATEN_CPU_CAPABILITY=avx2`` or ``default`` on an AVX-512 BF16 machine), torch's flash attention picks its
+    VNNI packing from the hardware but dispatches the packing kernel by the forced level, and refuses
+    ("pack_vnni2 is only supported when avx512 is supported"); a real AVX2 CPU takes the unpacked path."""
+    sequence = torch.randn(1, 1, 64, 32, dtype=torch.bfloat16)
+    try:
+        torch.nn.functional.scaled_dot_product_attention(sequence, sequence, sequence)
+    except RuntimeError as error:
+        return f"bf16 attention refused under ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY')}: {error}"
+    return ""
+
+
 pytestmark = pytest.mark.skipif(not (PIPELINE_DIR / "model_index.json").is_file(),
                                 reason="sd-mini weights are not in this checkout")
+needs_bf16_attention = pytest.mark.skipif(bool(_bf16_attention_refused()), reason=_bf16_attention_refused() or "-")
 
 MODEL, TASK = "sd-mini", "mini-unsafe"
 WEIGHT_EDITS = ["uce", "esd-x"]  # the cheap ones: their sampling path is the base pipeline with edited weights
@@ -81,6 +97,7 @@ def test_registry_lists_the_inference_time_defenses():
         inference_time_defenses())
 
 
+@needs_bf16_attention
 def test_every_inference_time_defense_samples_in_bf16(bf16_run):
     out, run_dir, defenses, result = bf16_run
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["dtype"] == "bf16"
@@ -113,6 +130,7 @@ def test_every_inference_time_defense_samples_in_bf16(bf16_run):
     assert images[images["defense"] == "keyword-filter"]["blocked"].any()
 
 
+@needs_bf16_attention
 def test_fp32_run_does_not_reuse_bf16_images(bf16_run):
     out, run_dir, _, _ = bf16_run
     result = run_cli("run", *BUDGET, "--defense", "keyword-filter", "--dtype", "fp32", *OPTIONS, "--out", str(out))
@@ -158,6 +176,7 @@ def _modules(obj, depth: int = 3):
         yield from _modules(value, depth - 1)
 
 
+@needs_bf16_attention
 def test_white_box_attack_optimises_in_fp32_and_judges_run_in_fp32(tmp_path, monkeypatch):
     import attacks.unlearndiff as unlearndiff
     from benchmark.config import RunConfig, SamplerConfig
