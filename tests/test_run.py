@@ -161,7 +161,7 @@ def test_resume_after_sigkill_gives_the_same_records(tmp_path):
     """Kill a run mid-generation with SIGKILL, rerun it, and compare with an uninterrupted run.
     Timing columns are measurements and differ between any two runs; everything else must match."""
     args = ["run", "--model", "tiny-random", "--task", "toy", "--defense", "none,negative-prompt",
-            "--max-prompts", "8", "--max-benign", "8", "--steps", "30", "--batch-size", "1"]
+            "--max-prompts", "4", "--max-benign", "4", "--steps", "30", "--batch-size", "1"]  # 16 images, one at a time
     killed_out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, "-m", "benchmark", *args, "--out", str(killed_out)], cwd=REPO,
@@ -170,20 +170,19 @@ def test_resume_after_sigkill_gives_the_same_records(tmp_path):
     generated = 0
     while time.time() < deadline:
         generated = len(list((killed_out / "cells" / "generate").rglob("*.json"))) if killed_out.exists() else 0
-        if generated >= 3:
+        if generated >= 2:
             break
         if process.poll() is not None:
             pytest.fail("the run finished before it could be killed; make it longer")
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert 3 <= generated < 32, generated
+    assert 2 <= generated < 16, generated
     assert not (list(killed_out.glob("*/records.parquet"))), "killed before records were written"
 
     resumed = run_cli(*args, "--out", str(killed_out))
-    assert f"generate: {32 - generated}" in resumed.stdout or "generate: " in resumed.stdout
     computed = int(resumed.stdout.split("generate: ")[1].split(" computed")[0])
-    assert computed < 32  # the killed run's images were reused
+    assert computed <= 16 - generated  # the killed run's images were reused
     fresh = run_cli(*args, "--out", str(tmp_path / "fresh"))
     resumed_dir = Path(resumed.stdout.strip().splitlines()[-1])
     fresh_dir = Path(fresh.stdout.strip().splitlines()[-1])
