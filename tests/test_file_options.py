@@ -249,6 +249,7 @@ def counts(stdout: str) -> dict[str, tuple[int, int]]:
     return {m[1]: (int(m[2]), int(m[3])) for m in re.finditer(r"(\w+): (\d+) computed, (\d+) cached", stdout)}
 
 
+@pytest.mark.slow  # seven CLI runs (~1 min): CI's slow tier runs it (benchmarks/ci_budget.py)
 def test_rewriting_a_named_file_recomputes_exactly_its_cells(tmp_path):
     from benchmark.models.tiny_random import TinyRandomModel
     from defenses.saferedir import official_config_for

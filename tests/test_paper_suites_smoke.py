@@ -129,6 +129,7 @@ def test_bad_arguments_fail_with_what_to_do(tmp_path, capsys):
         pss.from_run(tmp_path)
 
 
+@pytest.mark.slow  # two suites run and compared through the CLI (~1 min): CI's slow tier runs it (benchmarks/ci_budget.py)
 def test_two_suites_end_to_end_on_tiny_random_then_recorded_again_from_the_run(tmp_path, shared_data):
     """The whole script: the runs, both comparisons and the JSON. Plumbing only (tiny-random, 32 px)."""
     results = tmp_path / "result.json"
