@@ -65,9 +65,9 @@ TIERS: tuple[Tier, ...] = (
     Tier("export-hf", "pip install -q -e '.[hub]' && pytest -q tests/test_export.py -k hf",
          "export as a Hugging Face datasets folder (hub extra)"),
     Tier("slow", "pytest -q -m slow tests/test_export.py tests/test_attacks_p4d.py tests/test_attacks_switch_aware.py "
-         "tests/test_file_options.py tests/test_paper_suites_smoke.py",
+         "tests/test_file_options.py tests/test_paper_suites_smoke.py tests/test_image_quality_sd_mini.py",
          "export -> replay round trips, P4D's loss, the switch-aware logit, a named file rewritten in place "
-         "(exactly its cells recomputed), two paper suites end to end on tiny-random"),
+         "(exactly its cells recomputed), two paper suites end to end on tiny-random, FD/KID/CMMD on sd-mini"),
     Tier("scale", "pip install -q -e '.[scale]' && pytest -q -m slow tests/test_scale_slow.py",
          "multi-process runs: submitit's local executor, kill -9 then rerun, two commands on one store"),
     Tier("lint", "ruff check benchmark attacks defenses prompts reports tests benchmarks && lint-imports --no-cache",

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from conftest import run_cli
 from reports.results import load_run
 
@@ -18,6 +20,7 @@ RUN = ["run", "--model", "sd-mini", "--task", "mini-object", "--defense", "none,
        "--option", "defense:sld.preset=max", "--max-prompts", "4", "--max-benign", "20"]
 
 
+@pytest.mark.slow  # 120 sd-mini images through the CLI (~40 s): CI's slow tier runs it (benchmarks/ci_budget.py)
 def test_sld_max_is_worse_than_uce_by_fd_kid_and_cmmd_with_disjoint_intervals(tmp_path):
     done = run_cli(*RUN, "--out", str(tmp_path), timeout=900)
     board = load_run(Path(done.stdout.strip().splitlines()[-1])).board
