@@ -125,6 +125,8 @@ def load_weights(path: str | os.PathLike[str], owner: str, hint: str = "") -> di
 
         try:
             return load_file(str(path))
+        except MemoryError:
+            raise  # a large intact file on a small machine: not the file's fault, keep torch's own error
         except Exception as error:  # noqa: BLE001 - SafetensorError, OSError, ...: the file, not our code
             raise DataFileError(f"{owner}: {path} is not a readable .safetensors file "
                                 f"({type(error).__name__}: {_first_line(error)}); {hint}") from None
@@ -132,6 +134,8 @@ def load_weights(path: str | os.PathLike[str], owner: str, hint: str = "") -> di
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise  # as above: out of memory is no corrupt file
     except Exception as error:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, ...
         raise DataFileError(f"{owner}: {path} cannot be loaded with torch.load(weights_only=True) "
                             f"({type(error).__name__}): not a plain state dict of tensors "
