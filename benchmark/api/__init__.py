@@ -22,6 +22,7 @@ _EXPORTS = {
     "component": ["Component", "CheckContext", "NoOptions", "OptionInfo"],
     "defense": ["Defense", "DefendedPipeline", "DefenseKind", "PrepareContext"],
     "attack": ["Attack", "AttackContext", "AttackOutput", "ThreatModel", "preset_budget"],
+    "presets": ["Presets", "SMALL_MODELS", "MINI_ON_SMALL_MODELS"],
     "judge": ["Judge", "JudgeIdentity", "JudgeResult"],
     "task": ["Task", "JudgeSpec"],
     "model": ["ModelSpec", "LoadedModel", "SamplerDefaults", "get_model_spec"],

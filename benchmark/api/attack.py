@@ -31,6 +31,7 @@ import torch
 
 from benchmark.api.component import Component
 from benchmark.api.errors import OptionError
+from benchmark.api.presets import MINI_ON_SMALL_MODELS, SMALL_MODELS, Presets
 from benchmark.api.sampling import draw
 
 if TYPE_CHECKING:
@@ -105,24 +106,16 @@ class AttackContext:
         return images, blocked
 
 
-# Models small enough for the CPU, on which attacks use their documented ``mini`` budgets.
-SMALL_MODELS = ("sd-mini", "tiny-random")
-
-
 def preset_budget(attack: str, preset: str, model_name: str | None, paper: dict[str, Any], mini: dict[str, Any],
                   options: Any) -> dict[str, Any]:
     """The budget of ``preset`` (``auto``: ``mini`` on :data:`SMALL_MODELS`, ``paper`` otherwise), with every
-    budget option the user set (not None) on top."""
-    if preset not in ("auto", "paper", "mini"):
-        raise OptionError(f"attack '{attack}': option preset={preset!r}: must be auto, paper or mini")
-    if preset == "auto":
-        preset = "mini" if model_name in SMALL_MODELS else "paper"
-    budget = dict(mini if preset == "mini" else paper)
-    for key in budget:
-        value = getattr(options, key, None)
-        if value is not None:
-            budget[key] = value
-    return budget
+    budget option the user set (not None) on top. Kept for plugins written before :class:`Presets`; a new
+    attack declares ``presets`` and calls :meth:`Component.preset_values`."""
+    presets = Presets({"paper": paper, "mini": mini}, by_model=MINI_ON_SMALL_MODELS)
+    try:
+        return presets.values(model_name, options, preset)
+    except OptionError as error:
+        raise OptionError(f"attack '{attack}': {error}") from None
 
 
 class Attack(Component):

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from benchmark.api.errors import OptionError
 from benchmark.api.files import FilePath, content_hash, full_sha256, missing_message
+from benchmark.api.presets import Presets
 
 if TYPE_CHECKING:
     from benchmark.api.task import Task
@@ -80,6 +81,9 @@ class Component:
     # Options added after a component shipped, with the value that reproduces its earlier behaviour: left out
     # of :meth:`config` while they keep that value, so earlier cells and shipped artifacts stay valid.
     added_options: ClassVar[dict[str, Any]] = {}
+    # Per-model values of options left unset (:class:`benchmark.api.presets.Presets`); they enter the cell
+    # keys through :meth:`config`. None: the options' own defaults serve every model.
+    presets: ClassVar[Presets | None] = None
     # The run's data directory (--data-dir), set by the resolver and the runner: file options given relative
     # to it (Ring-A-Bell's ``pairs``) resolve under it in :meth:`resolve_file`.
     data_dir: str | None = None
@@ -194,9 +198,22 @@ class Component:
                               "sha256": full_sha256(path)})
         return named
 
+    def preset_values(self, model_name: str | None) -> dict[str, Any]:
+        """The preset options for ``model_name`` with the ones the user set on top (an option ``preset``
+        other than ``auto`` names the table). Empty without :attr:`presets`."""
+        if self.presets is None:
+            return {}
+        try:
+            return self.presets.values(model_name, self.options, getattr(self.options, "preset", "auto"))
+        except OptionError as error:
+            raise OptionError(f"{self.component_kind} '{self.name}': {error}") from None
+
     def config(self) -> dict[str, Any]:
-        """The resolved options and version: what enters this component's cell keys."""
-        return {"name": self.name, "version": self.version, "options": self.keyed_options()}
+        """The resolved options, version and presets: what enters this component's cell keys."""
+        config = {"name": self.name, "version": self.version, "options": self.keyed_options()}
+        if self.presets is not None:  # editing a preset must recompute, not reuse a cell made with the old one
+            config[self.presets.key] = self.presets.key_entry()
+        return config
 
 
 def _value_hint(item: dict[str, Any], key: str, options_cls: type) -> list[str]:
