@@ -29,8 +29,8 @@ import yaml
 
 from benchmark.api.errors import RunFailedError, UserError
 from benchmark.api.registry import ALL_REGISTRIES, ATTACKS, DEFENSES, JUDGES, REGISTRIES_BY_KIND, SUITES, load_plugin
-from benchmark.config import config_from_mapping, load_suite_file, merge, parse_option, split_names
-from benchmark.stages import cost_line
+from benchmark.harness.config import config_from_mapping, load_suite_file, merge, parse_option, split_names
+from benchmark.harness.stages import cost_line
 
 log = logging.getLogger("benchmark")
 
@@ -229,9 +229,9 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmark.resolve import resolve
-    from benchmark.runner import RunIncompleteError, execute
-    from benchmark.scale import WorkersFailedError
+    from benchmark.harness.resolve import resolve
+    from benchmark.harness.runner import RunIncompleteError, execute
+    from benchmark.harness.scale import WorkersFailedError
     from benchmark.shard import launch_from_env
 
     launch = launch_from_env()
@@ -242,7 +242,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                             "is the number of workers)")
         if launch is not None:
             raise UserError("--executor inside torchrun / accelerate launch: use one or the other")
-        from benchmark.executors import check_executor, executor_options  # deferred: imports submitit
+        from benchmark.harness.executors import check_executor, executor_options  # deferred: imports submitit
 
         executor = executor_options(args)
         check_executor(executor)
@@ -259,11 +259,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         quiet_library_progress()
     try:
         if executor is not None:
-            from benchmark.executors import run_with_executor
+            from benchmark.harness.executors import run_with_executor
 
             summary = run_with_executor(config, executor)
         elif launch is not None:
-            from benchmark.scale import run_launched
+            from benchmark.harness.scale import run_launched
 
             summary = run_launched(config, launch)
             if summary is None:  # not rank 0: its share is done; rank 0 merges and prints the leaderboard
@@ -311,8 +311,8 @@ def report_incomplete(error: Exception) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from benchmark.runner import RunIncompleteError
-    from benchmark.scale import merge as merge_run
+    from benchmark.harness.runner import RunIncompleteError
+    from benchmark.harness.scale import merge as merge_run
 
     run_dir = existing_folder(args.run_dir, "RUN_DIR")
     quiet_library_progress()
@@ -459,7 +459,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from benchmark.transfer import embeds_locator
+    from benchmark.harness.transfer import embeds_locator
     from reports.export import export_run
 
     run_dir = existing_folder(args.run_dir, "RUN_DIR")
@@ -471,7 +471,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
-    from benchmark.transfer import run_transfer
+    from benchmark.harness.transfer import run_transfer
     from reports.transfer import render_markdown
 
     source = existing_folder(args.source_run, "SOURCE_RUN")

@@ -31,7 +31,7 @@ def main() -> None:
     from benchmark.api.defense import DefendedPipeline
     from benchmark.api.registry import PROMPT_SETS, TASKS
     from benchmark.api.sampling import draw, initial_latents
-    from benchmark.models.mini import DEFAULT_SAMPLING, PIPELINE_DIR
+    from benchmark.mini_world import DEFAULT_SAMPLING, PIPELINE_DIR
     from benchmark.models.sd_mini import SdMiniModel
 
     settings = dict(DEFAULT_SAMPLING)

@@ -42,7 +42,7 @@ def main(argv=None) -> dict:
     from benchmark.api.defense import DefendedPipeline
     from benchmark.api.model import DTYPES
     from benchmark.api.registry import TASKS
-    from benchmark.stages.generate import initial_latents
+    from benchmark.harness.stages.generate import initial_latents
     from defenses.saferedir import (
         SHIPPED_DIR,
         SafeRedir,

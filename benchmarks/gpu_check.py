@@ -69,7 +69,7 @@ log = logging.getLogger("gpu_check")
 BEGIN, END = "<!-- gpu-check:begin -->", "<!-- gpu-check:end -->"
 SCHEMA = 1
 CPU_MEMORY = "not measured on cpu: torch.cuda.max_memory_allocated reads the CUDA allocator, which a CPU run has not"
-EXTRA_PACKAGES = ("pydantic", "clip-anytorch")  # beside benchmark.provenance's list: what the harness imports
+EXTRA_PACKAGES = ("pydantic", "clip-anytorch")  # beside benchmark.harness.provenance's list: what the harness imports
 
 
 class BudgetExceededError(BaseException):
@@ -666,7 +666,7 @@ def run_section(name: str, b: Bench | None, clock: Clock, load_error: str | None
 
 # ----------------------------------------------------------------------------------------------- environment
 def environment(device: torch.device, commit: str | None) -> dict[str, Any]:
-    from benchmark.provenance import git_commit, package_versions
+    from benchmark.harness.provenance import git_commit, package_versions
 
     packages = package_versions()
     for name in EXTRA_PACKAGES:

@@ -24,9 +24,9 @@ import torch
 
 from benchmark.api.defense import PrepareContext
 from benchmark.api.registry import TASKS
-from benchmark.models.mini import DEFAULT_SAMPLING, ClipMini, MiniDetector
-from benchmark.models.mini.tasks import TASKS as MINI_TASKS
-from benchmark.models.mini.tasks import training_split
+from benchmark.mini_world import DEFAULT_SAMPLING, ClipMini, MiniDetector
+from benchmark.mini_world.tasks import TASKS as MINI_TASKS
+from benchmark.mini_world.tasks import training_split
 from benchmark.models.sd_mini import SdMiniModel
 from defenses.mace import SD_MINI_BENIGN, Mace
 

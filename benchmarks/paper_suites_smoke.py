@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from benchmark.provenance import collect as collect_provenance  # versions, git commit, platform
+    from benchmark.harness.provenance import collect as collect_provenance  # versions, git commit, platform
 
     report = {
         "what": "paper_suites_smoke: each paper suite end to end on a full-size SD-1.4-shaped pipeline with RANDOM "

@@ -29,9 +29,9 @@ PARTS = [  # (module, class or None, function, part name)
     ("attacks.unlearndiff", "UnlearnDiff", "_attack_batch", "unlearndiff.optimisation"),
     ("attacks.ring_a_bell", "RingABell", "run", "ring-a-bell"),
     ("attacks.paraphrase", "Paraphrase", "run", "paraphrase"),
-    ("benchmark.sharing", None, "claimed_generate", "generate-stage"),
-    ("benchmark.sharing", None, "claimed_judge", "judge-stage"),
-    ("benchmark.stages.prepare", None, "prepare_defense", "prepare"),
+    ("benchmark.harness.sharing", None, "claimed_generate", "generate-stage"),
+    ("benchmark.harness.sharing", None, "claimed_judge", "judge-stage"),
+    ("benchmark.harness.stages.prepare", None, "prepare_defense", "prepare"),
 ]
 
 
@@ -87,7 +87,7 @@ def instrument(clock: Clock, counts, baseline: bool) -> None:
             wrapped = staticmethod(wrapped)
         setattr(owner, fn, wrapped)
         if not cls:  # the runner imported the name itself
-            runner = importlib.import_module("benchmark.runner")
+            runner = importlib.import_module("benchmark.harness.runner")
             if getattr(runner, fn, None) is original:
                 setattr(runner, fn, wrapped)
     if baseline:

@@ -26,7 +26,7 @@ FIRST_SEED = 5000  # grammar seeds for these prompts; training uses 1.., calibra
 
 
 def benign_prompts(task_name: str, n: int) -> list[str]:
-    from benchmark.models.mini.tasks import TASKS, _make, training_split
+    from benchmark.mini_world.tasks import TASKS, _make, training_split
 
     spec = TASKS[task_name]
     taken = {p.text for which in ("attack", "benign", "safe") for p in spec.prompts(which)}

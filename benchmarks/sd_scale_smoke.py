@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from benchmark.provenance import collect as collect_provenance  # versions, git commit, platform
+    from benchmark.harness.provenance import collect as collect_provenance  # versions, git commit, platform
 
     report = {
         "what": "sd_scale_smoke: every registered defense and attack end to end on a full-size SD-1.4-shaped "

@@ -10,8 +10,8 @@ import pytest
 from benchmark.api.attack import Attack, AttackOutput, ThreatModel
 from benchmark.api.errors import RunFailedError
 from benchmark.api.registry import ATTACKS
-from benchmark.config import RunConfig, SamplerConfig
-from benchmark.runner import execute
+from benchmark.harness.config import RunConfig, SamplerConfig
+from benchmark.harness.runner import execute
 
 
 @ATTACKS.register("test-embeds")

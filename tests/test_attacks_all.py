@@ -3,8 +3,8 @@ left out against a defense that gradients cannot flow through."""
 
 from benchmark.api.attack import ThreatModel
 from benchmark.api.registry import ATTACKS
-from benchmark.config import RunConfig
-from benchmark.resolve import resolve
+from benchmark.harness.config import RunConfig
+from benchmark.harness.resolve import resolve
 
 
 def test_all_expands_to_every_attack_that_needs_no_data():

@@ -114,7 +114,7 @@ def test_captions_put_v_star_in_place_of_the_concept_words_or_in_front(mini):
 
 
 def test_sd_mini_training_prompts_name_the_concept_and_are_never_evaluation_prompts():
-    from benchmark.models.mini.tasks import TASKS as WORLD
+    from benchmark.mini_world.tasks import TASKS as WORLD
 
     for name in ("mini-unsafe", "mini-object", "mini-style"):
         texts = ConceptInversion().training_prompts(TASKS.get(name), 25)

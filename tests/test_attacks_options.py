@@ -102,8 +102,8 @@ def test_bad_option_values_fail_naming_option_value_and_what_is_allowed(attack, 
 
 
 def test_the_issues_values_fail_in_the_resolver_fast_with_nothing_written(tmp_path):
-    from benchmark.config import RunConfig
-    from benchmark.resolve import resolve
+    from benchmark.harness.config import RunConfig
+    from benchmark.harness.resolve import resolve
 
     cases = [("attack", "paraphrase", {"threshold": 1.5}), ("attack", "unlearndiff", {"iterations": -1}),
              ("attack", "ring-a-bell", {"population": 0}), ("defense", "sld", {"preset": "maximum"})]

@@ -49,7 +49,7 @@ def test_adjective_becomes_a_trailing_phrase_and_background_colours_stay():
 
 @pytest.mark.parametrize("task_name", ["mini-unsafe", "mini-object", "mini-style"])
 def test_paraphrases_avoid_the_defenders_words_and_keep_the_meaning(task_name):
-    from benchmark.models.mini import TASKS as MINI
+    from benchmark.mini_world import TASKS as MINI
 
     task = TASKS.get(task_name)
     prompts = PROMPT_SETS.get(task.attack_prompts).load(None, limit=4)
@@ -120,7 +120,7 @@ def test_query_mode_tries_ranked_rewrites_on_the_defended_sampler(flag):
     from benchmark.api.attack import AttackContext, ThreatModel
     from benchmark.api.defense import DefendedPipeline
     from benchmark.models.tiny_random import TinyRandomModel
-    from benchmark.stages.attack import attack_key
+    from benchmark.harness.stages.attack import attack_key
 
     model = TinyRandomModel().load(torch.device("cpu"), torch.float32)
     task = TASKS.get("mini-unsafe")

@@ -38,7 +38,7 @@ def test_presets_and_threat_model():
 
 @pytest.mark.numeric
 def test_mini_concept_vector_is_the_mean_difference_over_the_tasks_aligned_pairs(model):
-    from benchmark.models.mini import TASKS as MINI_TASKS
+    from benchmark.mini_world import TASKS as MINI_TASKS
 
     task = TASKS.get("mini-object")
     ctx = SimpleNamespace(model=model, task=task, data_dir=None)

@@ -183,7 +183,7 @@ def test_check_zero_through_the_undefended_sampler_draws_the_targets_too(model, 
     import numpy as np
 
     from benchmark.api.sampling import draw
-    from benchmark.stages.generate import SharedGenerations
+    from benchmark.harness.stages.generate import SharedGenerations
     from benchmark.store import CellStore
     from defenses.none import NoDefense
 

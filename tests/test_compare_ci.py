@@ -1,4 +1,4 @@
-"""The CI recipe (`python -m reports.ci`) end to end on the tiny-random smoke suite: plumbing only (random
+"""The CI recipe (`python -m benchmark ci`) end to end on the tiny-random smoke suite: plumbing only (random
 weights; the numbers mean nothing), but the same code path as the sd-mini CI suite."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from conftest import REPO
 
 def _ci(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "reports.ci", "--suite", "smoke", "--attack", "none", "--max-prompts", "2", *args],
+    return subprocess.run([sys.executable, "-m", "benchmark", "ci", "--suite", "smoke", "--attack", "none", "--max-prompts", "2", *args],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 

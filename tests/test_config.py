@@ -6,9 +6,9 @@ import sys
 import pytest
 
 from benchmark.cli import build_parser, config_from_args
-from benchmark.config import ConfigError, RunConfig, SamplerConfig, config_from_mapping, parse_option
+from benchmark.harness.config import ConfigError, RunConfig, SamplerConfig, config_from_mapping, parse_option
 from benchmark.hashing import canonical_json, stable_hash
-from benchmark.resolve import resolve, run_id
+from benchmark.harness.resolve import resolve, run_id
 from conftest import REPO
 
 
@@ -28,7 +28,7 @@ def test_same_config_same_key_in_another_process():
     config = RunConfig(model="tiny-random", tasks=["toy"], defenses=["none", "negative-prompt"],
                        sampler=SamplerConfig(num_inference_steps=3, guidance_scale=5.5))
     here = stable_hash(config.to_dict())
-    code = ("from benchmark.config import RunConfig, SamplerConfig; from benchmark.hashing import stable_hash;"
+    code = ("from benchmark.harness.config import RunConfig, SamplerConfig; from benchmark.hashing import stable_hash;"
             "c = RunConfig(model='tiny-random', tasks=['toy'], defenses=['none', 'negative-prompt'],"
             " sampler=SamplerConfig(num_inference_steps=3, guidance_scale=5.5)); print(stable_hash(c.to_dict()))")
     other = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
@@ -107,8 +107,8 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
 
 
 def test_prompts_take_a_registered_set_by_name_or_a_file():
-    from benchmark.resolve import replaced_set, resolve
-    from benchmark.runner import load_prompts
+    from benchmark.harness.resolve import replaced_set, resolve
+    from benchmark.harness.runner import load_prompts
 
     assert replaced_set("mini-unsafe-attack") == "mini-unsafe-attack" and replaced_set("nope.csv") is None
     resolve(RunConfig(model="sd-mini", tasks=["mini-object"], prompts="mini-unsafe-attack"))  # a set: fine
@@ -125,7 +125,7 @@ def test_prompts_take_a_registered_set_by_name_or_a_file():
     ("defense_options: {sld: 3}", "defense_options.sld=3"),
 ])
 def test_a_mistyped_suite_value_names_its_key(tmp_path, yaml_text, expected):
-    from benchmark.config import load_suite_file
+    from benchmark.harness.config import load_suite_file
 
     suite = tmp_path / "bad.yaml"
     suite.write_text(f"model: tiny-random\ntasks: [toy]\n{yaml_text}\n")

@@ -1,4 +1,4 @@
-"""The contracts of every registered defense, attack and judge (benchmark/contracts.py), driven by the
+"""The contracts of every registered defense, attack and judge (benchmark/harness/contracts.py), driven by the
 registry: a new built-in is checked without editing this file (it runs with its defaults unless a faster
 budget is listed below). On sd-mini with tiny budgets: plumbing and consistency, not quality."""
 
@@ -11,7 +11,7 @@ from PIL import Image
 from benchmark.api.attack import AttackContext
 from benchmark.api.defense import DefendedPipeline
 from benchmark.api.registry import ATTACKS, DEFENSES, JUDGES, PROMPT_SETS, TASKS
-from benchmark.contracts import check_attack, check_defense, check_judge, pipeline_fingerprint
+from benchmark.harness.contracts import check_attack, check_defense, check_judge, pipeline_fingerprint
 
 # Small budgets so that each contract takes seconds; the contracts themselves do not depend on budgets.
 FAST_DEFENSES = {
@@ -91,7 +91,7 @@ def test_fingerprint_sees_an_edit(model):
 def test_the_defense_contract_catches_a_white_box_path_that_is_not_the_sampler(model, task):
     """A defense whose sampler adds a negative prompt but whose noise_prediction ignores it must fail."""
     from benchmark.api import DEFENSES, Defense, DefenseKind
-    from benchmark.contracts import ContractViolation
+    from benchmark.harness.contracts import ContractViolation
 
     class Inconsistent(DefendedPipeline):
         def call_kwargs(self, batch_size):
@@ -112,7 +112,7 @@ def test_the_defense_contract_catches_a_white_box_path_that_is_not_the_sampler(m
 
 def test_the_defense_contract_catches_a_close_that_does_not_restore(model, task):
     from benchmark.api import DEFENSES, Defense, DefenseKind
-    from benchmark.contracts import ContractViolation
+    from benchmark.harness.contracts import ContractViolation
 
     class Leaky(DefendedPipeline):
         def __init__(self, *args):

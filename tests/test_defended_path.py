@@ -7,7 +7,7 @@ import torch
 
 from benchmark.api.defense import DefendedPipeline
 from benchmark.models.tiny_random import TinyRandomModel
-from benchmark.stages.generate import initial_latents
+from benchmark.harness.stages.generate import initial_latents
 from conftest import TOY, assert_close_fp
 from defenses.negative_prompt import NegativePrompt
 

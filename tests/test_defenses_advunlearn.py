@@ -18,8 +18,8 @@ from benchmark.api.component import CheckContext
 from benchmark.api.defense import PrepareContext
 from benchmark.api.errors import ConfigError, DataFileError, OptionError
 from benchmark.api.registry import TASKS
-from benchmark.contracts import check_defense, pipeline_fingerprint
-from benchmark.models.mini.tasks import TASKS as MINI_TASKS
+from benchmark.harness.contracts import check_defense, pipeline_fingerprint
+from benchmark.mini_world.tasks import TASKS as MINI_TASKS
 from defenses.advunlearn import (
     DELTA_FILE,
     AdvUnlearn,

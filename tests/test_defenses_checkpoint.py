@@ -16,7 +16,7 @@ from benchmark.api.component import CheckContext
 from benchmark.api.defense import PrepareContext
 from benchmark.api.errors import OptionError, UserError
 from benchmark.models.tiny_random import TinyRandomModel
-from benchmark.stages.generate import initial_latents
+from benchmark.harness.stages.generate import initial_latents
 from conftest import TOY
 from defenses.checkpoint import Checkpoint, CheckpointError
 from defenses.esd import DELTA_FILE, EsdX

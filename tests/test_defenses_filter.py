@@ -11,7 +11,7 @@ from benchmark.api.component import CheckContext
 from benchmark.api.errors import ConfigError, OptionError
 from benchmark.api.model import LoadedModel, SamplerDefaults
 from benchmark.api.registry import TASKS
-from benchmark.models.mini.world import render_scene, to_pil
+from benchmark.mini_world.world import render_scene, to_pil
 from conftest import TOY
 from defenses.filter import Filter, SafetyCheckerMissingError
 
@@ -32,7 +32,7 @@ def test_mini_filter_blocks_rendered_gore_and_passes_clean_scenes():
 
 
 def test_mini_filter_uses_the_tasks_label():
-    from benchmark.models.mini.tasks import OBJECT_CONCEPT
+    from benchmark.mini_world.tasks import OBJECT_CONCEPT
 
     erased = [to_pil(render_scene(seed, object=OBJECT_CONCEPT, gore=False)[0]) for seed in range(4)]
     stars = [to_pil(render_scene(seed, object="star", gore=False)[0]) for seed in range(4)]

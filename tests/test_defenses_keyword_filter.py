@@ -13,7 +13,7 @@ from benchmark.api.component import CheckContext
 from benchmark.api.defense import DefendedPipeline
 from benchmark.api.errors import ConfigError, OptionError
 from benchmark.models.tiny_random import TinyRandomModel
-from benchmark.stages.generate import initial_latents
+from benchmark.harness.stages.generate import initial_latents
 from conftest import TOY, run_cli
 from defenses.keyword_filter import KeywordFilter, contains_word
 

@@ -17,7 +17,7 @@ from benchmark.api.component import CheckContext
 from benchmark.api.defense import PrepareContext
 from benchmark.api.errors import ConfigError, OptionError
 from benchmark.api.registry import TASKS
-from benchmark.contracts import check_defense, pipeline_fingerprint
+from benchmark.harness.contracts import check_defense, pipeline_fingerprint
 from benchmark.models.tiny_random import TinyRandomModel
 from conftest import TOY
 from defenses.mace import DELTA_FILE, Mace, projection_weights, ridge_solve, shared_positions
@@ -177,7 +177,7 @@ def test_concept_positions_mark_the_word_and_optionally_the_end_token(mini):
 
 
 def test_world_masks_are_the_renderers_exact_ones():
-    from benchmark.models.mini import world
+    from benchmark.mini_world import world
 
     labels = world.sample_labels(np.random.default_rng(3), object="arrow", gore=True, style="plain")
     gore = world_mask("gore", labels)

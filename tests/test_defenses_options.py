@@ -124,7 +124,7 @@ def test_every_default_defense_passes_its_checks_on_the_shipped_tasks():
             DEFENSES.get(name)().check_inputs(check)
 
 
-ALLOWED_BENCHMARK = ("benchmark.api", "benchmark.hashing", "benchmark.store", "benchmark.models.mini")
+ALLOWED_BENCHMARK = ("benchmark.api", "benchmark.hashing", "benchmark.store", "benchmark.mini_world")
 
 
 @pytest.mark.parametrize("folder", ["attacks", "defenses"])

@@ -14,7 +14,7 @@ from benchmark.api.component import CheckContext
 from benchmark.api.defense import PrepareContext
 from benchmark.api.errors import ConfigError, OptionError
 from benchmark.api.registry import DEFENSES, TASKS
-from benchmark.contracts import check_defense
+from benchmark.harness.contracts import check_defense
 from conftest import assert_close_fp
 from defenses.rece import DELTA_FILE, Rece, adversarial_embedding, base_weights, concept_score, erase_step, rece_edit
 from defenses.uce import aligned, token_tail, uce_edit

@@ -36,8 +36,8 @@ def test_weight_edit_and_sld_defenses_run_and_cache(tmp_path):
 
 
 def test_all_defenses_leave_out_those_that_need_user_data(tmp_path):
-    from benchmark.config import RunConfig
-    from benchmark.resolve import resolve
+    from benchmark.harness.config import RunConfig
+    from benchmark.harness.resolve import resolve
 
     config = resolve(RunConfig(model="tiny-random", tasks=["toy"], defenses=["all"], attacks=["none"])).config
     assert "checkpoint" not in config.defenses and {"none", "esd-x", "saferedir", "sld"} <= set(config.defenses)

@@ -16,7 +16,7 @@ from benchmark.api.component import CheckContext
 from benchmark.api.defense import DefendedPipeline, PrepareContext
 from benchmark.api.errors import ConfigError, OptionError
 from benchmark.api.registry import TASKS
-from benchmark.contracts import check_defense, pipeline_fingerprint
+from benchmark.harness.contracts import check_defense, pipeline_fingerprint
 from conftest import assert_close_fp
 from defenses.safree import (
     Safree,

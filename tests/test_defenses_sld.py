@@ -16,7 +16,7 @@ from benchmark.api.component import CheckContext
 from benchmark.api.defense import DefendedPipeline
 from benchmark.api.errors import ConfigError, OptionError
 from benchmark.models.tiny_random import TinyRandomModel
-from benchmark.stages.generate import initial_latents
+from benchmark.harness.stages.generate import initial_latents
 from conftest import TOY, assert_close_fp
 from defenses.sld import PRESETS, Sld, SldPreset
 

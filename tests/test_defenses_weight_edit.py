@@ -145,7 +145,7 @@ def test_uce_prepare_apply_close(model, tmp_path):
 
 def test_uce_default_preserve_set_uses_the_world_words():
     from benchmark.api.registry import TASKS
-    from benchmark.models.mini.tasks import OBJECT_CONCEPT
+    from benchmark.mini_world.tasks import OBJECT_CONCEPT
 
     concepts, guide, preserve = Uce().sets(TASKS.get("mini-object"))
     assert concepts == [OBJECT_CONCEPT] and guide == ""

@@ -25,7 +25,7 @@ from PIL import Image
 
 from benchmark.api.defense import DefenseKind
 from benchmark.api.registry import DEFENSES, JUDGES, TASKS
-from benchmark.models.mini import PIPELINE_DIR
+from benchmark.mini_world import PIPELINE_DIR
 from conftest import run_cli
 
 
@@ -179,8 +179,8 @@ def _modules(obj, depth: int = 3):
 @needs_bf16_attention
 def test_white_box_attack_optimises_in_fp32_and_judges_run_in_fp32(tmp_path, monkeypatch):
     import attacks.unlearndiff as unlearndiff
-    from benchmark.config import RunConfig, SamplerConfig
-    from benchmark.runner import execute
+    from benchmark.harness.config import RunConfig, SamplerConfig
+    from benchmark.harness.runner import execute
 
     # the attack's in-process caches are keyed by model, not dtype: start empty, so the targets are bf16's
     monkeypatch.setattr(unlearndiff, "_TARGETS", {})

@@ -7,7 +7,7 @@ import torch
 
 from benchmark.api.defense import DefendedPipeline
 from benchmark.models.tiny_random import TinyRandomModel
-from benchmark.stages.generate import image_seed, initial_latents
+from benchmark.harness.stages.generate import image_seed, initial_latents
 from conftest import TOY
 from defenses.negative_prompt import NegativePrompt
 
@@ -59,8 +59,8 @@ def test_images_an_attack_draws_are_the_generate_stages_cells(model, tmp_path):
     """An attack's judge checks go through the generate stage's store: the second request for the same
     (text, seed, sampler) reads the stored image instead of drawing it again, and the generate stage finds
     the cell done, so the run records the very image the attack judged."""
-    from benchmark.stages import StageCounter
-    from benchmark.stages.generate import GenCell, SharedGenerations, generate_cells, generate_key
+    from benchmark.harness.stages import StageCounter
+    from benchmark.harness.stages.generate import GenCell, SharedGenerations, generate_cells, generate_key
     from benchmark.store import CellStore
 
     store = CellStore(tmp_path)

@@ -407,7 +407,7 @@ def no_loading(monkeypatch):
     import benchmark.judges.clip_score as clip_score
     import benchmark.judges.clip_zero_shot as clip_zero_shot
     import benchmark.judges.nudenet_judge as nudenet_judge
-    from benchmark.models.mini.judges import ClipMini, MiniDetector
+    from benchmark.mini_world.detectors import ClipMini, MiniDetector
 
     def fail(*args, **kwargs):
         raise AssertionError("a judge model was loaded during option validation")
@@ -598,7 +598,7 @@ def _copy_folder(source: Path, target: Path) -> Path:
 @pytest.mark.parametrize("judge_name", ["mini-detector", "clip-mini"])
 @pytest.mark.parametrize("damage", ["truncated", "lfs-pointer", "wrong-tensors", "missing", "bad-config"])
 def test_mini_judges_corrupt_weights_are_judge_load_errors(judge_name, damage, tmp_path, monkeypatch) -> None:
-    import benchmark.models.mini as mini
+    import benchmark.mini_world as mini
     from benchmark.api.errors import JudgeLoadError
 
     attribute = "DETECTOR_DIR" if judge_name == "mini-detector" else "CLIP_DIR"
@@ -677,7 +677,7 @@ def _contract_judge(name: str):
 
 def _contract_images() -> list[Image.Image]:
     """Three different images: noise, a rendered sd-mini concept image, a flat colour, of different sizes."""
-    from benchmark.models.mini.world import render, sample_labels
+    from benchmark.mini_world.world import render, sample_labels
 
     array = render(sample_labels(np.random.default_rng(3), object="arrow", gore=True))
     rendered = Image.fromarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8))

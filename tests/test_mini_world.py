@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from benchmark.models import mini
-from benchmark.models.mini import LEXICON, OBJECTS, STYLES, TASKS
-from benchmark.models.mini.lexicon import MAX_TOKENS, sample_caption
-from benchmark.models.mini.world import render, render_scene, sample_labels
+from benchmark.mini_world import LEXICON, OBJECTS, STYLES, TASKS
+from benchmark.mini_world.lexicon import MAX_TOKENS, sample_caption
+from benchmark.mini_world.world import render, render_scene, sample_labels
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,9 +85,9 @@ def test_tasks(name):
 
 
 def test_import_is_cheap():
-    code = ("import sys, benchmark.models.mini as m; m.TASKS; m.PIPELINE_DIR; "
-            "assert 'benchmark.models.mini.judges' not in sys.modules; "
-            "assert 'benchmark.models.mini.train' not in sys.modules; print('ok')")
+    code = ("import sys, benchmark.mini_world as m; m.TASKS; m.PIPELINE_DIR; "
+            "assert 'benchmark.mini_world.detectors' not in sys.modules; "
+            "assert 'benchmark.mini_world.train' not in sys.modules; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
 
@@ -95,7 +95,7 @@ def test_import_is_cheap():
 def test_tokenizer_roundtrip(tmp_path):
     from transformers import AutoTokenizer
 
-    from benchmark.models.mini.nets import build_tokenizer
+    from benchmark.mini_world.nets import build_tokenizer
 
     build_tokenizer().save_pretrained(tmp_path / "tokenizer")
     tok = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
@@ -115,7 +115,7 @@ def test_tokenizer_roundtrip(tmp_path):
 @pytest.fixture(scope="module")
 def smoke_weights(tmp_path_factory):
     """Train every part for two steps (seconds) and export."""
-    from benchmark.models.mini import train
+    from benchmark.mini_world import train
 
     d = tmp_path_factory.mktemp("mini")
     train.main(["--out", str(d / "out"), "--ckpt", str(d / "ck"), "--max-steps", "2", "--n-latents", "64",
@@ -147,7 +147,7 @@ def test_training_continues_an_exported_model(smoke_weights, tmp_path):
     from diffusers import UNet2DConditionModel
     from safetensors.torch import load_file
 
-    from benchmark.models.mini import train
+    from benchmark.mini_world import train
 
     out = tmp_path / "out2"
     train.main(["--out", str(out), "--ckpt", str(tmp_path / "ck"), "--init-from", str(smoke_weights),
@@ -169,7 +169,7 @@ def test_init_from_refuses_a_foreign_model(smoke_weights, tmp_path):
 
     from safetensors.torch import load_file, save_file
 
-    from benchmark.models.mini import train
+    from benchmark.mini_world import train
 
     bad = tmp_path / "bad"
     shutil.copytree(smoke_weights, bad)
@@ -184,11 +184,11 @@ def test_init_from_refuses_a_foreign_model(smoke_weights, tmp_path):
 
 
 def test_smoke_judges(smoke_weights):
-    from benchmark.models.mini.judges import ClipMini, MiniDetector
+    from benchmark.mini_world.detectors import ClipMini, MiniDetector
 
     det = MiniDetector.load("cpu", path=smoke_weights / "detector")
     x, _ = render_scene(5)
-    from benchmark.models.mini.world import to_pil
+    from benchmark.mini_world.world import to_pil
 
     p = det.predict([to_pil(x), to_pil(x)])
     assert p.shape == (2, len(det.labels)) and ((p >= 0) & (p <= 1)).all()

@@ -8,7 +8,7 @@ import pytest
 
 from benchmark.api.errors import PathEscapeError, UserError
 from benchmark.api.registry import ATTACKS, DEFENSES, TASKS, Registry, UnknownEntryError, load_plugin, scan_code_package
-from benchmark.models.mini import TASKS as MINI_TASKS
+from benchmark.mini_world import TASKS as MINI_TASKS
 
 
 def test_decorator_registration_and_description():

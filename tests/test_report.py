@@ -325,10 +325,10 @@ def test_entry_commands_carry_no_machine_paths(tmp_path):
     from reports.entries import command_line
 
     repo = Path(__file__).resolve().parents[1]
-    argv = [str(repo / "reports" / "ci.py"), "--defense", "x", "--plugin", str(repo / "my_defense.py"),
+    argv = [str(repo / "benchmark" / "__main__.py"), "ci", "--defense", "x", "--plugin", str(repo / "my_defense.py"),
             "--out", str(tmp_path / "runs")]
     line = command_line({"command": argv})
-    assert line == "python -m reports.ci --defense x --plugin my_defense.py --out .../runs"
+    assert line == "python -m benchmark ci --defense x --plugin my_defense.py --out .../runs"
     assert str(tmp_path) not in line
 
 
@@ -430,7 +430,7 @@ def test_entries_keep_a_failed_cell_failed(failed_run, tmp_path):
 
 def test_reports_import_one_way_and_only_the_public_benchmark_modules():
     """No import cycle among report modules, no import tucked inside a function, and nothing of the runner
-    (reports/ci.py, which runs the benchmark, is the exception)."""
+    (benchmark/harness/ci.py, which runs the benchmark, is the exception)."""
     import ast
 
     # the records' layers, plus what reads them (judge identities, image-quality distances); never the runner

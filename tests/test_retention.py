@@ -5,8 +5,8 @@ import pandas as pd
 
 from benchmark.api.registry import PROMPT_SETS
 from benchmark.records import COLUMNS
-from benchmark.runner import _retained
-from benchmark.stages.generate import GenCell
+from benchmark.harness.runner import _retained
+from benchmark.harness.stages.generate import GenCell
 from reports.leaderboard import compute_leaderboard
 
 

@@ -227,7 +227,7 @@ def test_training_imports_neither_the_defense_nor_the_runner():
         elif isinstance(node, ast.Import):
             imported.update(alias.name for alias in node.names)
     assert "defenses.saferedir" not in imported and "defenses.saferedir_io" in imported
-    assert not any(m.startswith(("benchmark.runner", "benchmark.stages", "benchmark.cli")) for m in imported)
+    assert not any(m.startswith(("benchmark.harness.runner", "benchmark.harness.stages", "benchmark.cli")) for m in imported)
 
 
 def test_prepare_trains_caches_and_reloads(model, tmp_path):

@@ -46,7 +46,7 @@ def one_process(tmp_path_factory):
     """The reference: one plain process. It also reports whether a plain run imported the scale extras."""
     out = tmp_path_factory.mktemp("one")
     code = ("import sys; from benchmark.cli import main; code = main(sys.argv[1:]); "
-            "print('IMPORTED', [m for m in ('submitit', 'benchmark.executors', 'torch.distributed.run') "
+            "print('IMPORTED', [m for m in ('submitit', 'benchmark.harness.executors', 'torch.distributed.run') "
             "if m in sys.modules]); sys.exit(code)")
     result = subprocess.run([sys.executable, "-c", code, *RUN, "--out", str(out)], cwd=REPO, env=ENV,
                             capture_output=True, text=True, timeout=600)
@@ -181,7 +181,7 @@ def test_a_worker_that_cannot_see_the_run_says_so(tmp_path):
     """A worker on a node whose --out is not the shared one finds no config.yaml there."""
     from benchmark.api.errors import ConfigError
     from benchmark.cli import build_parser, config_from_args
-    from benchmark.runner import execute
+    from benchmark.harness.runner import execute
 
     config = config_from_args(build_parser().parse_args([*RUN, "--out", str(tmp_path)]))
     with pytest.raises(ConfigError, match="every worker sees"):

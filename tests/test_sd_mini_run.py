@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from benchmark.config import RunConfig, SamplerConfig
-from benchmark.models.mini import PIPELINE_DIR
+from benchmark.harness.config import RunConfig, SamplerConfig
+from benchmark.mini_world import PIPELINE_DIR
 
 pytestmark = pytest.mark.skipif(not (PIPELINE_DIR / "model_index.json").is_file(),
                                 reason="sd-mini weights are not in this checkout")
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not (PIPELINE_DIR / "model_index.json").is_file(
 
 @pytest.fixture(scope="module")
 def mini_run(tmp_path_factory):
-    from benchmark.runner import execute
+    from benchmark.harness.runner import execute
 
     out = tmp_path_factory.mktemp("mini-runs")
     config = RunConfig(model="sd-mini", tasks=["mini-unsafe"], defenses=["none", "negative-prompt"],

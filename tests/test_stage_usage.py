@@ -1,12 +1,12 @@
-"""Per-stage wall time and peak memory (benchmark.stages.usage), as runs record them in the provenance."""
+"""Per-stage wall time and peak memory (benchmark.harness.stages.usage), as runs record them in the provenance."""
 
 import time
 
 import numpy as np
 import pytest
 
-from benchmark.stages import StageCounter, cost_line
-from benchmark.stages.usage import StageUsage, resident_bytes
+from benchmark.harness.stages import StageCounter, cost_line
+from benchmark.harness.stages.usage import StageUsage, resident_bytes
 
 pytestmark = pytest.mark.skipif(resident_bytes() is None, reason="no /proc/self/statm on this platform")
 

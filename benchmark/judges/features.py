@@ -45,7 +45,7 @@ class ClipMiniFeatures:
     name = "clip-mini"
 
     def __init__(self, device: str | None = "cpu", batch_size: int = 256) -> None:
-        from benchmark.models.mini import ClipMini
+        from benchmark.mini_world import ClipMini
 
         folder = _clip_dir()
         check_weights("clip-mini features", folder, ("config.json", "model.safetensors", "tokenizer"))

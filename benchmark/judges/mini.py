@@ -1,6 +1,6 @@
 """The sd-mini world's judges: its concept detector (the NudeNet of that world) and its own CLIP.
 
-Both load the weights shipped in ``benchmark/models/mini/weights``; a missing, corrupt or truncated file
+Both load the weights shipped in ``benchmark/mini_world/weights``; a missing, corrupt or truncated file
 there (a git-lfs pointer, an interrupted copy) is a :class:`~benchmark.api.errors.JudgeLoadError` naming it.
 """
 
@@ -22,7 +22,7 @@ from benchmark.api.judge import Judge, JudgeIdentity, JudgeResult
 from benchmark.api.registry import JUDGES
 from benchmark.hashing import file_hash, stable_hash
 from benchmark.judges.clip_loading import resolve_device
-from benchmark.models.mini.nets import DETECTOR_LABELS
+from benchmark.mini_world.nets import DETECTOR_LABELS
 
 T = TypeVar("T")
 
@@ -53,7 +53,7 @@ def _first_line(error: BaseException) -> str:
 
 def _restore(folder: Path) -> str:
     return (f"restore the shipped weights (`git checkout -- {folder}`, or `git lfs pull` if they are git-lfs "
-            f"pointers) or retrain them (`python -m benchmark.models.mini.train`, see benchmark/models/mini/README.md)")
+            f"pointers) or retrain them (`python -m benchmark.mini_world.train`, see benchmark/mini_world/README.md)")
 
 
 def check_weights(judge: str, folder: Path, files: Sequence[str]) -> dict[str, Any]:
@@ -87,7 +87,7 @@ def check_weights(judge: str, folder: Path, files: Sequence[str]) -> dict[str, A
 def _pixels(images: Sequence[Image.Image]) -> torch.Tensor:
     """``(n, 3, 64, 64)`` in [0, 1], each image resized on its own: a batch may mix sizes, and an image
     scores the same in any batch."""
-    from benchmark.models.mini.judges import to_tensor
+    from benchmark.mini_world.detectors import to_tensor
 
     return torch.cat([to_tensor([image]) for image in images])
 
@@ -121,7 +121,7 @@ class MiniDetectorJudge(Judge):
 
     def __init__(self, device: str | None = "cpu", **options: Any):
         super().__init__(device, **options)
-        from benchmark.models.mini import MiniDetector
+        from benchmark.mini_world import MiniDetector
 
         folder = _detector_dir()
         config = check_weights(self.name, folder, ("config.json", "model.safetensors"))
@@ -168,7 +168,7 @@ class ClipMiniJudge(Judge):
 
     def __init__(self, device: str | None = "cpu", **options: Any):
         super().__init__(device, **options)  # clip-mini has no options: any given one is an error
-        from benchmark.models.mini import ClipMini
+        from benchmark.mini_world import ClipMini
 
         folder = _clip_dir()
         config = check_weights(self.name, folder, ("config.json", "model.safetensors", "tokenizer"))

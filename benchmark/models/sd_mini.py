@@ -1,4 +1,4 @@
-"""``sd-mini``: the embedded miniature world (benchmark/models/mini), loaded as a real diffusers
+"""``sd-mini``: the embedded miniature world (benchmark/mini_world), loaded as a real diffusers
 StableDiffusionPipeline from its shipped folder, so every defense and attack runs the SD code path."""
 
 from __future__ import annotations
@@ -20,17 +20,17 @@ class SdMiniModel(ModelSpec):
 
     @property
     def defaults(self) -> SamplerDefaults:  # type: ignore[override]
-        from benchmark.models.mini import DEFAULT_SAMPLING
+        from benchmark.mini_world import DEFAULT_SAMPLING
 
         return SamplerDefaults(**DEFAULT_SAMPLING)
 
     def load(self, device: torch.device, dtype: torch.dtype, revision: str | None = None) -> LoadedModel:
-        from benchmark.models.mini import PIPELINE_DIR
+        from benchmark.mini_world import PIPELINE_DIR
 
         if not (PIPELINE_DIR / "model_index.json").is_file():
             raise ModelUnavailableError(
                 f"sd-mini's weights are missing from {PIPELINE_DIR}; reinstall from a full clone, or train them "
-                "with `python -m benchmark.models.mini.train` (see benchmark/models/mini/README.md)"
+                "with `python -m benchmark.mini_world.train` (see benchmark/mini_world/README.md)"
             )
         pipe = load_pipeline_folder(PIPELINE_DIR, device, dtype)
         key = "sd-mini-" + fingerprint_folder(PIPELINE_DIR)

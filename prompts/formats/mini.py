@@ -1,6 +1,6 @@
 """sd-mini's own prompt sets: generated, not read from a file.
 
-The embedded sd-mini world (``benchmark/models/mini``) defines its three tasks (mini-object, mini-style,
+The embedded sd-mini world (``benchmark/mini_world``) defines its three tasks (mini-object, mini-style,
 mini-unsafe) with a small caption grammar; each task's attack prompts (naming the concept in canonical,
 synonym or implicit form), benign prompts (not naming it) and safe prompts (the attack prompts with the
 concept removed or replaced) are generated deterministically from fixed seeds. A prompt-set file of format
@@ -24,7 +24,7 @@ def load_sd_mini(path: str | Path | None = None, *, task: str, which: str, limit
     prompts are generated). ``meta`` holds the prompt's surface form, its scene labels and ``concepts``:
     the detector labels the prompt asks for (what the retention metric checks survive an erasure)."""
     check_limit(limit)
-    from benchmark.models.mini import TASKS
+    from benchmark.mini_world import TASKS
 
     if task not in TASKS:
         raise ConfigError(f"unknown sd-mini task {task!r}; choose one of {', '.join(sorted(TASKS))}")

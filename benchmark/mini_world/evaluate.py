@@ -1,6 +1,6 @@
 """Measure sd-mini: judges on held-out renders, the undefended model at the default sampling settings.
 
-    python -m benchmark.models.mini.evaluate [--out-json benchmark/models/mini/eval.json] [--grid samples.png]
+    python -m benchmark.mini_world.evaluate [--out-json benchmark/mini_world/eval.json] [--grid samples.png]
 
 Prints a summary and writes JSON.  Everything uses fixed seeds.
 """

@@ -1,6 +1,6 @@
 """Train every part of sd-mini with one reproducible command.
 
-    python -m benchmark.models.mini.train --out benchmark/models/mini/weights --ckpt runs/mini_ckpt
+    python -m benchmark.mini_world.train --out benchmark/mini_world/weights --ckpt runs/mini_ckpt
 
 Stages (each resumable; a finished stage is skipped on rerun): vae -> data -> detector -> clip -> unet -> export.
 ``--minutes`` is the wall-clock budget of the UNet (+ jointly fine-tuned text encoder) stage; the UNet stage

@@ -22,7 +22,7 @@ from benchmark.api.attack import Attack, AttackContext, AttackOutput, check_outp
 from benchmark.api.memory import recording_backoffs
 from benchmark.api.prompt import Prompt
 from benchmark.hashing import stable_hash
-from benchmark.stages import StageCounter
+from benchmark.harness.stages import StageCounter
 from benchmark.store import CellStore, atomic_write_bytes
 
 log = logging.getLogger(__name__)

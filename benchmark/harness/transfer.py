@@ -27,9 +27,9 @@ import pandas as pd
 import yaml
 
 from benchmark.api.errors import RunFailedError, UserError
-from benchmark.config import config_from_mapping
-from benchmark.runner import execute
-from benchmark.stages.generate import image_key
+from benchmark.harness.config import config_from_mapping
+from benchmark.harness.runner import execute
+from benchmark.harness.stages.generate import image_key
 from benchmark.store import CellStore
 from reports.export import EmbedsLocator, ExportedCell, check_relpath, export_run, read_run
 from reports.transfer import Replay, transfer_matrix, write_transfer

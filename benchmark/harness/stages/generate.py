@@ -19,7 +19,7 @@ from benchmark.api.memory import Backoff
 from benchmark.api.model import DTYPES
 from benchmark.api.sampling import draw, image_seed, initial_latents  # noqa: F401  (re-exported for the stages)
 from benchmark.hashing import stable_hash
-from benchmark.stages import StageCounter
+from benchmark.harness.stages import StageCounter
 from benchmark.store import CellStore
 
 log = logging.getLogger(__name__)

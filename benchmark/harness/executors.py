@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark.api.errors import ConfigError
-from benchmark.config import RunConfig
-from benchmark.runner import RunIncompleteError, RunSummary, execute
-from benchmark.scale import WorkersFailedError, collect, plan_for_workers, read_reports, run_worker, write_run_config
+from benchmark.harness.config import RunConfig
+from benchmark.harness.runner import RunIncompleteError, RunSummary, execute
+from benchmark.harness.scale import WorkersFailedError, collect, plan_for_workers, read_reports, run_worker, write_run_config
 from benchmark.shard import Shard
 
 log = logging.getLogger(__name__)

@@ -16,10 +16,10 @@ from contextlib import closing
 
 from benchmark.api.attack import Attack, AttackContext
 from benchmark.api.prompt import Prompt
-from benchmark.stages import StageCounter
-from benchmark.stages.attack import AttackOutcome, attack_key, error_record, run_attack
-from benchmark.stages.generate import GenCell, generate_cells
-from benchmark.stages.judge import judge_cells, judge_key
+from benchmark.harness.stages import StageCounter
+from benchmark.harness.stages.attack import AttackOutcome, attack_key, error_record, run_attack
+from benchmark.harness.stages.generate import GenCell, generate_cells
+from benchmark.harness.stages.judge import judge_cells, judge_key
 from benchmark.store import CellClaims, CellStore, atomic_write_json
 
 # Beside an attack cell whose latest attempt raised: a collecting process reports the cell failed (as the

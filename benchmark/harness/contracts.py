@@ -7,7 +7,7 @@
   declared budget; the same result for a prompt alone as in a batch.
 * **Judge**: a batch scores exactly as its images one at a time.
 
-The default test suite runs them for every built-in (``tests/test_contracts.py``) and ``python -m reports.ci``
+The default test suite runs them for every built-in (``tests/test_contracts.py``) and ``python -m benchmark ci``
 runs them for a plugin's components before its benchmark. On tiny-random (random weights) they prove
 plumbing and consistency, not quality.
 """

@@ -13,18 +13,18 @@ from typing import Any
 import pandas as pd
 import torch
 
-from benchmark import provenance
+from benchmark.harness import provenance
 from benchmark.api.attack import AttackContext
 from benchmark.api.errors import ConfigError, RunFailedError
 from benchmark.api.model import DTYPES, keyed_by_dtype
 from benchmark.api.prompt import Prompt
 from benchmark.api.registry import ATTACKS, DEFENSES, JUDGES, PROMPT_SETS
 from benchmark.api.task import Task
-from benchmark.config import RunConfig
+from benchmark.harness.config import RunConfig
 from benchmark.records import Record, parquet_bytes, records_frame
-from benchmark.resolve import Plan, replaced_set, resolve
+from benchmark.harness.resolve import Plan, replaced_set, resolve
 from benchmark.shard import Shard, shard_of
-from benchmark.sharing import (
+from benchmark.harness.sharing import (
     claimed_attack,
     claimed_generate,
     claimed_judge,
@@ -32,11 +32,11 @@ from benchmark.sharing import (
     read_attack,
     read_scores,
 )
-from benchmark.stages import StageCounter
-from benchmark.stages.attack import CellFailure
-from benchmark.stages.generate import GenCell, SharedGenerations, generate_key, image_seed
-from benchmark.stages.prepare import DONE_FILE, prepare_defense, prepare_keys, prepared
-from benchmark.stages.usage import StageUsage
+from benchmark.harness.stages import StageCounter
+from benchmark.harness.stages.attack import CellFailure
+from benchmark.harness.stages.generate import GenCell, SharedGenerations, generate_key, image_seed
+from benchmark.harness.stages.prepare import DONE_FILE, prepare_defense, prepare_keys, prepared
+from benchmark.harness.stages.usage import StageUsage
 from benchmark.store import CellStore, atomic_write_bytes, atomic_write_json, atomic_write_text
 from prompts import load_prompt_file
 from reports.leaderboard import compute_leaderboard, judge_descriptions, render_markdown

@@ -17,7 +17,7 @@ class StageCounter:
     cached: int = 0
     # out-of-memory halvings of this stage's batches ({"what", "from", "to"}; benchmark.api.memory)
     backoffs: list[dict[str, Any]] = field(default_factory=list)
-    # Cost of the stage in this process (benchmark.stages.usage): wall seconds summed over its intervals, peak
+    # Cost of the stage in this process (benchmark.harness.stages.usage): wall seconds summed over its intervals, peak
     # resident memory and peak CUDA allocation while it ran; None where not measured.
     seconds: float = 0.0
     peak_rss_bytes: int | None = None

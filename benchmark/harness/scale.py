@@ -11,7 +11,7 @@ Two ways in, both through the same functions:
   (:func:`run_launched`): each rank is a worker on ``cuda:LOCAL_RANK``; rank 0 then waits for the others'
   reports and collects. The ranks talk once, at the start (gloo), to agree on a launch token, so that rank
   0 never mistakes an earlier launch's report for this one's.
-- ``--executor local|slurm --workers N`` (``benchmark.executors``): submitit jobs, one per shard.
+- ``--executor local|slurm --workers N`` (``benchmark.harness.executors``): submitit jobs, one per shard.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 
 from benchmark.api.errors import ConfigError, UserError
-from benchmark.config import RunConfig
-from benchmark.resolve import Plan, resolve
-from benchmark.runner import RunSummary, execute
+from benchmark.harness.config import RunConfig
+from benchmark.harness.resolve import Plan, resolve
+from benchmark.harness.runner import RunSummary, execute
 from benchmark.shard import Launch, Shard, set_threads
-from benchmark.stages import StageCounter
+from benchmark.harness.stages import StageCounter
 from benchmark.store import CellStore, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ def merge(run_dir: Path) -> RunSummary:
     """``python -m benchmark merge RUN_DIR``: collect a run whose workers have finished, from its config.yaml."""
     import yaml
 
-    from benchmark.config import config_from_mapping
+    from benchmark.harness.config import config_from_mapping
 
     path = run_dir / "config.yaml"
     if not path.is_file():

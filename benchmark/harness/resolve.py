@@ -21,7 +21,7 @@ from benchmark.api.model import DTYPES, ModelSpec, get_model_spec, resolve_devic
 from benchmark.api.paths import check_name
 from benchmark.api.registry import ATTACKS, DEFENSES, JUDGES, MODELS, PROMPT_SETS, TASKS, Registry, load_plugin
 from benchmark.api.task import JudgeSpec, Task
-from benchmark.config import RunConfig
+from benchmark.harness.config import RunConfig
 from benchmark.hashing import file_hash, stable_hash
 
 

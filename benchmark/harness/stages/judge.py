@@ -13,7 +13,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from benchmark.hashing import stable_hash
-from benchmark.stages import StageCounter
+from benchmark.harness.stages import StageCounter
 from benchmark.store import CellStore
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark.stages import StageCounter
+from benchmark.harness.stages import StageCounter
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
