@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark.models import mini
+from benchmark import mini_world as mini
 from benchmark.mini_world import LEXICON, OBJECTS, STYLES, TASKS
 from benchmark.mini_world.lexicon import MAX_TOKENS, sample_caption
 from benchmark.mini_world.world import render, render_scene, sample_labels

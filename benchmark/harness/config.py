@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from benchmark.api.errors import ConfigError
-from benchmark.api.registry import read_data_file
+from benchmark.api.registry import SUITES, read_data_file
 
 
 @dataclass
@@ -200,3 +200,24 @@ def parse_option(assignment: str) -> tuple[str, str, str, Any]:
     except yaml.YAMLError:
         value = raw_value
     return kind, name, key, value
+
+
+def config_from_command(suite: str | None, flags: dict[str, Any], sampler: dict[str, Any],
+                        assignments: list[str]) -> RunConfig:
+    """A run's config as a command gives it: the suite (a registered name or a file; None: none) with the
+    command's values on top. ``flags`` are :class:`RunConfig` keys and ``sampler`` :class:`SamplerConfig` keys
+    (None: not given); ``assignments`` are ``--option KIND:NAME.KEY=VALUE`` strings."""
+    data: dict[str, Any] = {}
+    if suite:
+        path = Path(suite) if Path(suite).is_file() else SUITES.get(suite)
+        data = load_suite_file(path)
+        data.setdefault("name", Path(path).stem)  # run directories are named after their suite
+    given = {k: v for k, v in flags.items() if v is not None}
+    given["sampler"] = {k: v for k, v in sampler.items() if v is not None}
+    merged = merge(data, given)
+    for assignment in assignments:
+        kind, name, key, value = parse_option(assignment)
+        table = {k: dict(v) for k, v in merged.get(f"{kind}_options", {}).items()}
+        table.setdefault(name, {})[key] = value
+        merged[f"{kind}_options"] = table
+    return config_from_mapping(merged, origin=str(suite or "command line"))
