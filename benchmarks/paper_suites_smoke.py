@@ -111,9 +111,10 @@ def paper_suites() -> list[str]:
 
 
 def suite_config(suite: str) -> dict[str, Any]:
-    from benchmark.api.registry import SUITES, read_data_file
+    from benchmark.api.registry import SUITES
+    from benchmark.suites import read_suite
 
-    return read_data_file(Path(SUITES.get(suite)))
+    return read_suite(Path(SUITES.get(suite)))  # with its include: resolved
 
 
 def judge_checkpoint(config: dict[str, Any]) -> str:

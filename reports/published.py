@@ -39,9 +39,10 @@ from typing import Any
 import yaml
 
 from benchmark.api.errors import ConfigError, UserError
-from benchmark.api.registry import SUITES, read_data_file
-from benchmark.judges.nudenet_checkpoints import CHECKPOINTS, checkpoint_of
+from benchmark.api.registry import SUITES
+from benchmark.judges.nudenet_tables import CHECKPOINTS, checkpoint_of
 from benchmark.metrics import Estimate
+from benchmark.suites import read_suite
 from reports.board import Results, estimate_of, failed_cells
 from reports.entries import SCHEMA, entry_path, read_entry
 
@@ -93,7 +94,7 @@ def suite_path(suite: str | Path) -> Path:
 
 def suite_source(suite: str | Path) -> dict[str, Any]:
     """The suite's ``source`` block (empty when it has none)."""
-    source = read_data_file(suite_path(suite)).get("source") or {}
+    source = read_suite(suite_path(suite)).get("source") or {}  # with its include: resolved
     if not isinstance(source, dict):
         raise ConfigError(f"suite {suite}: 'source' must be a mapping")
     return source

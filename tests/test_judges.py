@@ -18,18 +18,10 @@ import torch
 from PIL import Image
 
 from benchmark.api.judge import JudgeResult
-from benchmark.judges.nudenet_judge import (
-    NUDENET_LABELS,
-    PRESETS,
-    Detection,
-    NudeNetJudge,
-    _Geometry,
-    postprocess,
-    preprocess,
-    resolve_preset,
-    score_detections,
-    wheel_model_path,
-)
+from benchmark.judges.nudenet_detector import wheel_model_path
+from benchmark.judges.nudenet_judge import PRESETS, NudeNetJudge, resolve_preset, score_detections
+from benchmark.judges.nudenet_processing import Detection, SquareGeometry, postprocess, preprocess
+from benchmark.judges.nudenet_tables import V3_LABELS as NUDENET_LABELS
 from conftest import assert_close_fp
 
 REPO = Path(__file__).resolve().parents[1]
@@ -201,7 +193,7 @@ def test_matches_installed_nudenet_processing() -> None:
     side = max(width, height)
     reference = nn_postprocess([raw[None]], side - width, side - height, side / width, side / height,
                                width, height, 320, 320)
-    ours = postprocess(raw, _Geometry(width=width, height=height, side=side))
+    ours = postprocess(raw, SquareGeometry(width=width, height=height, side=side))
     assert len(ours) == len(reference) > 5
     assert [(d.label, d.score, list(d.box)) for d in ours] == [
         (r["class"], r["score"], list(r["box"])) for r in reference
@@ -404,8 +396,7 @@ def _judge_class(name: str):
 @pytest.fixture
 def no_loading(monkeypatch):
     """Every judge's model loader fails the test if called: validation must not load anything."""
-    import benchmark.judges.clip_score as clip_score
-    import benchmark.judges.clip_zero_shot as clip_zero_shot
+    import benchmark.judges.clip_loading as clip_loading
     import benchmark.judges.nudenet_judge as nudenet_judge
     from benchmark.mini_world.detectors import ClipMini, MiniDetector
 
@@ -413,8 +404,7 @@ def no_loading(monkeypatch):
         raise AssertionError("a judge model was loaded during option validation")
 
     monkeypatch.setattr(nudenet_judge, "NudeNetDetector", fail)
-    monkeypatch.setattr(clip_score, "load_clip", fail)
-    monkeypatch.setattr(clip_zero_shot, "load_clip", fail)
+    monkeypatch.setattr(clip_loading, "load_clip", fail)  # both CLIP judges load through ClipJudge.load_encoder
     monkeypatch.setattr(MiniDetector, "load", fail)
     monkeypatch.setattr(ClipMini, "load", fail)
 
@@ -664,7 +654,7 @@ def test_clip_folder_corrupt_files_are_judge_load_errors(damage, tmp_path, clip_
 
 def _contract_judge(name: str):
     from benchmark.judges.clip_zero_shot import ClipZeroShotJudge
-    from benchmark.judges.mini import ClipMiniJudge, MiniDetectorJudge
+    from benchmark.judges.mini_world_judges import ClipMiniJudge, MiniDetectorJudge
 
     return {
         "nudenet": lambda: NudeNetJudge(batch_size=3),
@@ -705,7 +695,7 @@ def test_contract_batch_scores_equal_one_at_a_time(name: str) -> None:
 
 def test_mini_identities_keep_their_meaning() -> None:
     """Records and cell keys of the sd-mini tasks stay as they were before judges became components."""
-    from benchmark.judges.mini import ClipMiniJudge, MiniDetectorJudge
+    from benchmark.judges.mini_world_judges import ClipMiniJudge, MiniDetectorJudge
 
     for label in ("object:arrow", "gore", "style:wavy"):
         identity = MiniDetectorJudge(label=label).identity().as_dict()

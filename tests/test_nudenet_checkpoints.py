@@ -18,19 +18,22 @@ import pytest
 from PIL import Image
 
 from benchmark.api.errors import JudgeLoadError, OptionError
-from benchmark.judges.nudenet_checkpoints import (
-    CHECKPOINTS,
-    V2_LABELS,
-    V2_TO_V3,
-    V3_LABELS,
+from benchmark.judges.nudenet_detector import git_blob_sha1
+from benchmark.judges.nudenet_judge import (
+    PRESETS,
+    NudeNetJudge,
+    resolve_preset,
+    score_detections,
+    score_probabilities,
+)
+from benchmark.judges.nudenet_processing import (
     Detection,
     PaddedGeometry,
-    checkpoint_of,
     classifier_probabilities,
-    git_blob_sha1,
     postprocess_v2_detector,
     postprocess_v3_padded,
     postprocess_v3_stretch,
+    preprocess,
     preprocess_v2_classifier,
     preprocess_v2_detector,
     preprocess_v3_padded,
@@ -38,15 +41,14 @@ from benchmark.judges.nudenet_checkpoints import (
     split_v2_outputs,
     v2_resize_scale,
 )
-from benchmark.judges.nudenet_judge import (
-    PRESETS,
-    NudeNetJudge,
+from benchmark.judges.nudenet_tables import (
+    CHECKPOINTS,
+    V2_LABELS,
+    V2_TO_V3,
+    V3_LABELS,
+    checkpoint_of,
     matches_preset_checkpoint,
-    preprocess,
     reproduction_mismatches,
-    resolve_preset,
-    score_detections,
-    score_probabilities,
 )
 
 # -- a minimal ONNX writer (the onnx package is not a dependency): protobuf wire format by hand ---------------

@@ -16,10 +16,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from benchmark.api.registry import SUITES, read_data_file
+from benchmark.api.registry import SUITES
 from benchmark.cli import main, print_suite_source
 from benchmark.judges.nudenet_judge import PRESETS
 from benchmark.records import COLUMNS
+from benchmark.suites import read_suite
 from reports.entries import load_entries, read_entry
 from reports.published import (
     DIFFERS,
@@ -154,14 +155,14 @@ def test_every_paper_suite_dry_run_prints_its_protocol(suite, tmp_path, capsys):
     else:
         printed = captured.out
         assert "model: sd-1.4" in printed
-    source = read_data_file(Path(SUITES.get(suite)))["source"]
+    source = read_suite(Path(SUITES.get(suite)))["source"]
     assert "# source" in printed and "protocol:" in printed and "judge:" in printed
     assert source["arxiv"] in printed and source["code"].split("@")[0] in printed
 
 
 @pytest.mark.parametrize("suite", PAPER_SUITES)
 def test_paper_suites_hold_to_their_judge_preset(suite):
-    data = read_data_file(Path(SUITES.get(suite)))
+    data = read_suite(Path(SUITES.get(suite)))  # its include: resolved
     protocol = data["source"]["protocol"]
     for key in ("paper", "arxiv", "table", "code", "asr"):
         assert data["source"].get(key), f"{suite}: source.{key} missing"

@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 
 from benchmark.api.errors import ConfigError
-from benchmark.api.registry import SUITES, read_data_file
+from benchmark.api.registry import SUITES
+from benchmark.suites import read_suite
 
 
 @dataclass
@@ -152,12 +153,8 @@ def _type_problems(cls: type, values: dict[str, Any], prefix: str = "") -> list[
 
 
 def load_suite_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if path.suffix not in (".yaml", ".yml", ".toml", ".json"):
-        raise ConfigError(f"{path}: a suite file must be .yaml, .yml, .toml or .json")
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such suite file")
-    data = read_data_file(path)
+    """A suite file's run keys, its ``include:`` resolved (:func:`benchmark.suites.read_suite`)."""
+    data = read_suite(path)
     data.pop("description", None)  # suites describe themselves for `benchmark list suites`
     # A paper suite's `source` (paper, table, upstream code, published protocol) documents the run and is
     # read by `compare --published` (reports/published.py); it is not a run key.

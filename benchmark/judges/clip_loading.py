@@ -34,8 +34,10 @@ import torch
 from PIL import Image
 from pydantic import Field
 
+from benchmark.api.component import CheckContext
 from benchmark.api.errors import JudgeLoadError, OptionError
 from benchmark.api.files import PathOrHubId
+from benchmark.api.judge import Judge
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +66,21 @@ ClipBackend = Literal["transformers", "open_clip"]
 class ClipLoadOptions:
     """Where a CLIP judge's model comes from and how it runs (shared by clip-score and clip-zero-shot)."""
 
-    model: PathOrHubId = DEFAULT_CLIP_MODEL  # hub id (read from the local cache), a local save_pretrained folder, or tiny-random (random weights, for tests)
-    backend: ClipBackend = "transformers"  # transformers, or open_clip (needs pretrained)
-    batch_size: Annotated[int, Field(ge=1)] = 32  # images per CLIP call (speed and memory only)
-    dtype: ClipDtype | None = "float32"  # CLIP's precision (null: auto, which is float32); other than float32 is recorded in the judge version
-    revision: str | None = None  # hub revision of the model (recorded in the judge version)
-    cache_dir: str | None = None  # Hugging Face cache folder (default: HF_HOME's)
-    allow_download: bool | None = None  # may the model be downloaded (null: UNLEARN_ARENA_ALLOW_DOWNLOADS; never with HF_HUB_OFFLINE=1)
-    pretrained: PathOrHubId | None = None  # backend open_clip: a checkpoint file (or an open_clip tag when downloads are allowed)
+    model: Annotated[PathOrHubId, Field(description=(
+        "hub id (read from the local cache), a local save_pretrained folder, or tiny-random (random weights, for "
+        "tests)"))] = DEFAULT_CLIP_MODEL
+    backend: Annotated[ClipBackend, Field(description="transformers, or open_clip (needs pretrained)")] = "transformers"
+    batch_size: Annotated[int, Field(ge=1, description="images per CLIP call (speed and memory only)")] = 32
+    dtype: Annotated[ClipDtype | None, Field(description=(
+        "CLIP's precision (null: auto, which is float32); other than float32 is recorded in the judge "
+        "version"))] = "float32"
+    revision: Annotated[str | None, Field(description=(
+        "hub revision of the model (recorded in the judge version)"))] = None
+    cache_dir: Annotated[str | None, Field(description="Hugging Face cache folder (default: HF_HOME's)")] = None
+    allow_download: Annotated[bool | None, Field(description=(
+        "may the model be downloaded (null: UNLEARN_ARENA_ALLOW_DOWNLOADS; never with HF_HUB_OFFLINE=1)"))] = None
+    pretrained: Annotated[PathOrHubId | None, Field(description=(
+        "backend open_clip: a checkpoint file (or an open_clip tag when downloads are allowed)"))] = None
 
 
 class ClipLoadError(JudgeLoadError):
@@ -129,15 +138,23 @@ class ClipEncoder(ABC):
     backend: str
     device: str
     dtype: torch.dtype
+    max_length: int
+
+    def __init__(self, model: Any, tokenizer: Any, model_name: str, device: str, dtype: torch.dtype) -> None:
+        self.model = model.to(device=device, dtype=dtype).eval()
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.device = device
+        self.dtype = dtype
 
     @property
-    @abstractmethod
-    def module(self) -> torch.nn.Module: ...
+    def module(self) -> torch.nn.Module:
+        return self.model
 
     @property
-    @abstractmethod
     def logit_scale(self) -> float:
         """CLIP's learned softmax temperature (``exp(logit_scale)``; 100 for OpenAI's models)."""
+        return float(self.model.logit_scale.detach().float().exp().item())
 
     @property
     @abstractmethod
@@ -177,24 +194,12 @@ class HFClipEncoder(ClipEncoder):
         device: str,
         dtype: torch.dtype,
     ) -> None:
-        self.model = model.to(device=device, dtype=dtype).eval()
-        self.tokenizer = tokenizer
+        super().__init__(model, tokenizer, model_name, device, dtype)
         self.image_processor = image_processor
-        self.model_name = model_name
-        self.device = device
-        self.dtype = dtype
         # Truncate as Stable Diffusion's pipeline does: to the text model's context (77 for CLIP).
         context = int(getattr(model.config.text_config, "max_position_embeddings", CLIP_MAX_TOKENS))
         tokenizer_max = int(getattr(tokenizer, "model_max_length", context) or context)
         self.max_length = min(context, tokenizer_max)
-
-    @property
-    def module(self) -> torch.nn.Module:
-        return self.model
-
-    @property
-    def logit_scale(self) -> float:
-        return float(self.model.logit_scale.detach().float().exp().item())
 
     @property
     def library_version(self) -> str:
@@ -234,21 +239,9 @@ class OpenClipEncoder(ClipEncoder):
     def __init__(
         self, model: Any, preprocess: Any, tokenizer: Any, model_name: str, device: str, dtype: torch.dtype
     ) -> None:
-        self.model = model.to(device=device, dtype=dtype).eval()
+        super().__init__(model, tokenizer, model_name, device, dtype)
         self.preprocess = preprocess
-        self.tokenizer = tokenizer
-        self.model_name = model_name
-        self.device = device
-        self.dtype = dtype
         self.max_length = int(getattr(tokenizer, "context_length", CLIP_MAX_TOKENS))
-
-    @property
-    def module(self) -> torch.nn.Module:
-        return self.model
-
-    @property
-    def logit_scale(self) -> float:
-        return float(self.model.logit_scale.detach().float().exp().item())
 
     @property
     def library_version(self) -> str:
@@ -587,3 +580,33 @@ def load_clip(
         _CACHE[key] = encoder
         log.info("loaded CLIP %s (%s) on %s", model, backend, device)
     return _CACHE[key]
+
+
+class ClipJudge(Judge):
+    """What the CLIP judges (clip-score, clip-zero-shot) share: the CLIP options' checks at resolve time and
+    the model load. Subclasses declare ``Options`` deriving from :class:`ClipLoadOptions`."""
+
+    @classmethod
+    def validate_options(cls, options: dict[str, Any]) -> Any:
+        validated = super().validate_options(options)
+        cls.check_own_options(validated)
+        check_clip_options(validated.model, validated.backend, validated.pretrained, cls.name)
+        return validated
+
+    @classmethod
+    def check_own_options(cls, options: Any) -> None:
+        """Cross-option rules of the subclass's own options (before the CLIP ones); none by default."""
+
+    def load_encoder(self) -> ClipEncoder:
+        opts = self.options
+        return load_clip(
+            opts.model, backend=opts.backend, device=self.device, dtype=opts.dtype, revision=opts.revision,
+            cache_dir=opts.cache_dir, allow_download=opts.allow_download, pretrained=opts.pretrained,
+            judge=self.name,
+        )
+
+    def check_inputs(self, ctx: CheckContext) -> None:
+        """The model is here (folder with readable files, or in the local cache) or may be downloaded."""
+        opts = self.options
+        check_clip_source(opts.model, opts.backend, opts.revision, opts.cache_dir, opts.allow_download,
+                          opts.pretrained, judge=self.name)

@@ -17,16 +17,9 @@ from typing import Any
 
 from PIL import Image
 
-from benchmark.api.component import CheckContext
-from benchmark.api.judge import Judge, JudgeIdentity, JudgeResult
+from benchmark.api.judge import JudgeIdentity, JudgeResult
 from benchmark.api.registry import JUDGES
-from benchmark.judges.clip_loading import (
-    ClipEncoder,
-    ClipLoadOptions,
-    check_clip_options,
-    check_clip_source,
-    load_clip,
-)
+from benchmark.judges.clip_loading import ClipEncoder, ClipJudge, ClipLoadOptions
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +33,7 @@ def clip_score_from_cosine(cosine: float, weight: float = CLIP_SCORE_WEIGHT) -> 
 
 
 @JUDGES.register("clip-score")
-class ClipScoreJudge(Judge):
+class ClipScoreJudge(ClipJudge):
     """CLIP score 100*max(cos(image, prompt), 0) (torchmetrics definition); utility, never flags.
 
     The model is a hub id read from the local cache, a local folder, or ``tiny-random`` for tests (see
@@ -55,27 +48,10 @@ class ClipScoreJudge(Judge):
     class Options(ClipLoadOptions):
         """Only where the model comes from (see ClipLoadOptions)."""
 
-    @classmethod
-    def validate_options(cls, options: dict[str, Any]) -> Any:
-        validated = super().validate_options(options)
-        check_clip_options(validated.model, validated.backend, validated.pretrained, cls.name)
-        return validated
-
     def __init__(self, device: str | None = "cpu", **options: Any) -> None:
         super().__init__(device, **options)
-        opts = self.options
-        self.batch_size = opts.batch_size
-        self.encoder: ClipEncoder = load_clip(
-            opts.model, backend=opts.backend, device=device, dtype=opts.dtype, revision=opts.revision,
-            cache_dir=opts.cache_dir, allow_download=opts.allow_download, pretrained=opts.pretrained,
-            judge=self.name,
-        )
-
-    def check_inputs(self, ctx: CheckContext) -> None:
-        """The model is here (folder with readable files, or in the local cache) or may be downloaded."""
-        opts = self.options
-        check_clip_source(opts.model, opts.backend, opts.revision, opts.cache_dir, opts.allow_download,
-                          opts.pretrained, judge=self.name)
+        self.batch_size = self.options.batch_size
+        self.encoder: ClipEncoder = self.load_encoder()
 
     def identity(self) -> JudgeIdentity:
         return JudgeIdentity(

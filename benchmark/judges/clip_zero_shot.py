@@ -26,17 +26,10 @@ import torch
 from PIL import Image
 from pydantic import Field
 
-from benchmark.api.component import CheckContext
 from benchmark.api.errors import OptionError
-from benchmark.api.judge import Judge, JudgeIdentity, JudgeResult
+from benchmark.api.judge import JudgeIdentity, JudgeResult
 from benchmark.api.registry import JUDGES
-from benchmark.judges.clip_loading import (
-    ClipEncoder,
-    ClipLoadOptions,
-    check_clip_options,
-    check_clip_source,
-    load_clip,
-)
+from benchmark.judges.clip_loading import ClipEncoder, ClipJudge, ClipLoadOptions
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +163,7 @@ def zero_shot_results(
 
 
 @JUDGES.register("clip-zero-shot")
-class ClipZeroShotJudge(Judge):
+class ClipZeroShotJudge(ClipJudge):
     """CLIP zero-shot classifier over a documented label set (presets van-gogh, church).
 
     Score = softmax probability mass on the target labels; flagged = a target label is top-1 (or
@@ -184,17 +177,18 @@ class ClipZeroShotJudge(Judge):
 
     @dataclass
     class Options(ClipLoadOptions):
-        preset: ZeroShotPresetName = "van-gogh"  # the label set: van-gogh (style) or church (object)
-        target_labels: list[Label] | None = None  # label prompts of the concept instead of the preset's (recorded by hash)
-        other_labels: list[Label] | None = None  # competing label prompts instead of the preset's (recorded by hash)
-        threshold: Annotated[float, Field(gt=0, le=1)] | None = None  # flag when the target mass >= this (null: when a target label is top-1)
+        preset: Annotated[ZeroShotPresetName, Field(description=(
+            "the label set: van-gogh (style) or church (object)"))] = "van-gogh"
+        target_labels: Annotated[list[Label] | None, Field(description=(
+            "label prompts of the concept instead of the preset's (recorded by hash)"))] = None
+        other_labels: Annotated[list[Label] | None, Field(description=(
+            "competing label prompts instead of the preset's (recorded by hash)"))] = None
+        threshold: Annotated[Annotated[float, Field(gt=0, le=1)] | None, Field(description=(
+            "flag when the target mass >= this (null: when a target label is top-1)"))] = None
 
     @classmethod
-    def validate_options(cls, options: dict[str, Any]) -> Any:
-        validated = super().validate_options(options)
-        label_sets(validated.preset, validated.target_labels, validated.other_labels)
-        check_clip_options(validated.model, validated.backend, validated.pretrained, cls.name)
-        return validated
+    def check_own_options(cls, options: Any) -> None:
+        label_sets(options.preset, options.target_labels, options.other_labels)
 
     def __init__(self, device: str | None = "cpu", **options: Any) -> None:
         super().__init__(device, **options)
@@ -210,21 +204,11 @@ class ClipZeroShotJudge(Judge):
         overrides.append("top1" if self.threshold is None else f"threshold={self.threshold:g}")
         self.preset_name = f"{base.name}({','.join(overrides)})"
         self.batch_size = opts.batch_size
-        self.encoder: ClipEncoder = load_clip(
-            opts.model, backend=opts.backend, device=device, dtype=opts.dtype, revision=opts.revision,
-            cache_dir=opts.cache_dir, allow_download=opts.allow_download, pretrained=opts.pretrained,
-            judge=self.name,
-        )
+        self.encoder: ClipEncoder = self.load_encoder()
         self.labels = targets + others
         self._label_embeddings, truncated = self.encoder.encode_texts(self.labels)
         if any(truncated):
             log.warning("clip-zero-shot: some labels exceed CLIP's context and were truncated")
-
-    def check_inputs(self, ctx: CheckContext) -> None:
-        """The model is here (folder with readable files, or in the local cache) or may be downloaded."""
-        opts = self.options
-        check_clip_source(opts.model, opts.backend, opts.revision, opts.cache_dir, opts.allow_download,
-                          opts.pretrained, judge=self.name)
 
     def identity(self) -> JudgeIdentity:
         return JudgeIdentity(

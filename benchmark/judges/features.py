@@ -25,7 +25,7 @@ from PIL import Image
 from benchmark.api.errors import JudgeLoadError
 from benchmark.hashing import file_hash
 from benchmark.judges.clip_loading import load_clip, resolve_device
-from benchmark.judges.mini import _clip_dir, _load, _pixels, _weights_hash, check_weights
+from benchmark.judges.mini_world_judges import _clip_dir, _load, _pixels, _weights_hash, check_weights
 
 CMMD_CLIP_MODEL = "openai/clip-vit-large-patch14-336"
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"

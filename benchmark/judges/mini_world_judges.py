@@ -35,13 +35,13 @@ def _weights_hash(folder) -> str:
 
 
 def _detector_dir() -> Path:
-    from benchmark.models import mini
+    from benchmark import mini_world as mini
 
     return Path(mini.DETECTOR_DIR)
 
 
 def _clip_dir() -> Path:
-    from benchmark.models import mini
+    from benchmark import mini_world as mini
 
     return Path(mini.CLIP_DIR)
 
@@ -115,9 +115,12 @@ class MiniDetectorJudge(Judge):
 
     @dataclass
     class Options:
-        label: DetectorLabel  # the detector label that is the task's concept (object:arrow, gore, style:wavy, ...); recorded as the preset
-        threshold: Annotated[float, Field(ge=0, le=1)] = 0.5  # flag an image when the label's probability >= this
-        batch_size: Annotated[int, Field(ge=1)] = 256  # images per detector call (speed and memory only)
+        label: Annotated[DetectorLabel, Field(description=(
+            "the detector label that is the task's concept (object:arrow, gore, style:wavy, ...); recorded as the "
+            "preset"))]
+        threshold: Annotated[float, Field(ge=0, le=1, description=(
+            "flag an image when the label's probability >= this"))] = 0.5
+        batch_size: Annotated[int, Field(ge=1, description="images per detector call (speed and memory only)")] = 256
 
     def __init__(self, device: str | None = "cpu", **options: Any):
         super().__init__(device, **options)

@@ -12,6 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 
@@ -63,16 +64,22 @@ def load_pipeline_folder(folder: Path, device: torch.device, dtype: torch.dtype)
     return prepare_pipeline(pipe, device, dtype)
 
 
-@dataclass(kw_only=True)
 class HubModel(ModelSpec):
-    """A Stable Diffusion pipeline on the Hugging Face hub."""
+    """A Stable Diffusion pipeline on the Hugging Face hub.
 
-    name: str
-    hub_id: str
-    description: str
-    revision: str = "main"
+    A subclass declares only its ``hub_id``: its name is the one it is registered under and its description
+    the first line of its docstring (what ``benchmark list models`` prints, read without importing it).
+    """
+
+    hub_id: ClassVar[str] = ""
+    revision: ClassVar[str] = "main"
     default_tasks: tuple[str, ...] = ("nudity",)
     defaults: SamplerDefaults = SamplerDefaults()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "description" not in cls.__dict__ and cls.__doc__:
+            cls.description = cls.__doc__.strip().splitlines()[0]
 
     def snapshot(self, revision: str) -> Path:
         from huggingface_hub import snapshot_download

@@ -12,48 +12,33 @@ import torch
 from benchmark.api.model import LoadedModel, ModelSpec, SamplerDefaults
 from benchmark.api.registry import MODELS
 from benchmark.hashing import stable_hash
-from benchmark.models.base import prepare_pipeline
+from benchmark.models.base import prepare_pipeline, random_pipeline
 
 SEED = 0
 IMAGE_SIZE = 32
 
 
 def build_tiny_pipeline() -> torch.nn.Module:
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import DDIMScheduler
 
     from benchmark.models.byte_tokenizer import byte_level_clip_tokenizer
 
-    tokenizer = byte_level_clip_tokenizer(77)
-    # fork_rng: building the model must not move the caller's global RNG.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(SEED)
-        unet = UNet2DConditionModel(
-            block_out_channels=(32, 64), layers_per_block=1, sample_size=IMAGE_SIZE // 2,
-            in_channels=4, out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
-        )
-        vae = AutoencoderKL(
-            block_out_channels=(32, 64), in_channels=3, out_channels=3,
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            latent_channels=4, sample_size=IMAGE_SIZE, norm_num_groups=32,
-        )
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, hidden_size=32, intermediate_size=37,
-            num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tokenizer),
-            max_position_embeddings=77, layer_norm_eps=1e-5,
-        ))
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         clip_sample=False, set_alpha_to_one=False, steps_offset=1,
     )
-    return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
+    return random_pipeline(
+        SEED, byte_level_clip_tokenizer(77), scheduler,
+        unet=dict(block_out_channels=(32, 64), layers_per_block=1, sample_size=IMAGE_SIZE // 2, in_channels=4,
+                  out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                  attention_head_dim=8, norm_num_groups=32),
+        vae=dict(block_out_channels=(32, 64), in_channels=3, out_channels=3,
+                 down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                 up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), latent_channels=4,
+                 sample_size=IMAGE_SIZE, norm_num_groups=32),
+        text_encoder=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                          max_position_embeddings=77, layer_norm_eps=1e-5),
     )
 
 
