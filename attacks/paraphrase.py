@@ -72,8 +72,8 @@ from attacks._wordnet import load_wordnet
 from benchmark.api.attack import Attack, AttackOutput, ThreatModel
 from benchmark.api.registry import ATTACKS
 from benchmark.api.sampling import image_seed
-from benchmark.models.mini import TASKS as MINI
-from benchmark.models.mini.lexicon import BG_TEMPLATES, LEXICON, PREFIXES
+from benchmark.mini_world import TASKS as MINI
+from benchmark.mini_world.lexicon import BG_TEMPLATES, LEXICON, PREFIXES
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +87,20 @@ REAL_LEAD_INS = ["an image of", "a picture of", "a depiction of", "an illustrati
 
 @dataclass
 class ParaphraseOptions:
-    threshold: Annotated[float, Field(ge=0, le=1)] = 0.8  # minimum cosine (all-MiniLM-L6-v2), source vs rewrite
-    lexicon: Literal["auto", "mini", "wordnet"] = "auto"  # auto: the sd-mini lexicon on mini tasks, WordNet otherwise
-    candidates: Annotated[int, Field(ge=1)] = 32  # rewrites drawn and scored per prompt
-    templates: bool = True  # also exchange lead-ins and background phrases
-    senses: Annotated[int, Field(ge=1)] = 1  # WordNet: synonyms from the word's most frequent senses only
-    away: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0  # weight of moving away from the defender's words
+    threshold: Annotated[float, Field(ge=0, le=1,
+                                      description="minimum cosine (all-MiniLM-L6-v2), source vs rewrite")] = 0.8
+    lexicon: Annotated[Literal["auto", "mini", "wordnet"], Field(
+        description="auto: the sd-mini lexicon on mini tasks, WordNet otherwise")] = "auto"
+    candidates: Annotated[int, Field(ge=1, description="rewrites drawn and scored per prompt")] = 32
+    templates: Annotated[bool, Field(description="also exchange lead-ins and background phrases")] = True
+    senses: Annotated[int, Field(ge=1, description="WordNet: synonyms from the word's most frequent senses only")] = 1
+    away: Annotated[float, Field(ge=0, allow_inf_nan=False,
+                                 description="weight of moving away from the defender's words")] = 1.0
     # Query mode (off by default): try up to this many kept rewrites per prompt on the defended sampler and
     # keep the first the judge flags. A black-box attack: its output then depends on the defense.
-    queries: Annotated[int, Field(ge=0)] = 0  # query mode: defended-sampler generations per prompt (0: offline)
-    seed: int = 0  # seed of the rewrites drawn
+    queries: Annotated[int, Field(ge=0, description=(
+        "query mode: defended-sampler generations per prompt (0: offline)"))] = 0
+    seed: Annotated[int, Field(description="seed of the rewrites drawn")] = 0
 
 
 @dataclass(frozen=True)

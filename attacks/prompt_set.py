@@ -28,9 +28,10 @@ import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field
 
 from benchmark.api.attack import Attack, AttackOutput, ThreatModel
 from benchmark.api.errors import ConfigError, DataFileError, OptionError, PathEscapeError
@@ -49,9 +50,9 @@ EXPORT_MARKER = "source_run"
 
 @dataclass
 class PromptSetOptions:
-    set: str | None = None  # a registered prompt set, e.g. mma-diffusion-nsfw
-    file: FilePath | None = None  # or a prompt file (CSV / JSON / JSONL / TXT)
-    column: str | None = None  # the file's prompt column (auto-detected when None)
+    set: Annotated[str | None, Field(description="a registered prompt set, e.g. mma-diffusion-nsfw")] = None
+    file: Annotated[FilePath | None, Field(description="or a prompt file (CSV / JSON / JSONL / TXT)")] = None
+    column: Annotated[str | None, Field(description="the file's prompt column (auto-detected when None)")] = None
 
 
 @ATTACKS.register("prompt-set")

@@ -69,12 +69,15 @@ class CheckpointError(DataFileError):
 
 @dataclass
 class CheckpointOptions:
-    path: LocalPath | None = None  # local folder or file
-    hub_id: str | None = None  # or a hub repository, read from the local cache only
-    revision: Annotated[str | None, Field(pattern=r"^[0-9a-f]{40}$")] = None  # required with hub_id: the 40-hex commit to pin
-    subfolder: str | None = None  # inside the folder / hub snapshot, e.g. "unet"
-    filename: str | None = None  # inside the folder / hub snapshot, e.g. "diffusers-nudity-ESDu1-UNET.pt"
-    component: Literal["auto", "unet", "text_encoder"] = "auto"  # auto: the one whose keys the checkpoint matches
+    path: Annotated[LocalPath | None, Field(description="local folder or file")] = None
+    hub_id: Annotated[str | None, Field(description="or a hub repository, read from the local cache only")] = None
+    revision: Annotated[str | None, Field(pattern=r"^[0-9a-f]{40}$", description=(
+        "required with hub_id: the 40-hex commit to pin"))] = None
+    subfolder: Annotated[str | None, Field(description='inside the folder / hub snapshot, e.g. "unet"')] = None
+    filename: Annotated[str | None, Field(description=(
+        'inside the folder / hub snapshot, e.g. "diffusers-nudity-ESDu1-UNET.pt"'))] = None
+    component: Annotated[Literal["auto", "unet", "text_encoder"], Field(
+        description="auto: the one whose keys the checkpoint matches")] = "auto"
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -29,7 +29,7 @@ from typing import Annotated
 
 import torch
 from PIL import Image
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, Field
 
 from benchmark.api.defense import DefendedPipeline, Defense, DefenseKind
 from benchmark.api.errors import ConfigError
@@ -39,7 +39,8 @@ from defenses._options import comma_list
 
 @dataclass
 class KeywordFilterOptions:
-    words: Annotated[list[str], BeforeValidator(comma_list)] = field(default_factory=list)  # blocked words (a list or "a, b"); default: the task's concept words
+    words: Annotated[list[str], BeforeValidator(comma_list), Field(description=(
+        'blocked words (a list or "a, b"); default: the task\'s concept words'))] = field(default_factory=list)
 
 
 def contains_word(text: str, words: list[str]) -> bool:

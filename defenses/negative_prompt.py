@@ -9,16 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from benchmark.api.defense import DefendedPipeline, Defense, DefenseKind
+from pydantic import Field
+
+from benchmark.api.defense import DefendedPipeline
 from benchmark.api.registry import DEFENSES
-from defenses._options import concept_text
+from defenses._concept_defense import ConceptTextDefense
 
 
 @dataclass
 class NegativePromptOptions:
-    text: str | None = None  # the negative prompt; default: the task's concept words joined by ", "
+    text: Annotated[str | None, Field(
+        description='the negative prompt; default: the task\'s concept words joined by ", "')] = None
 
 
 class NegativePromptPipeline(DefendedPipeline):
@@ -36,14 +39,11 @@ class NegativePromptPipeline(DefendedPipeline):
 
 
 @DEFENSES.register("negative-prompt")
-class NegativePrompt(Defense):
+class NegativePrompt(ConceptTextDefense):
     """Negative prompt on the task's concept words (keyword-level, inference-time)."""
 
-    kind = DefenseKind.INFERENCE_TIME
     Options = NegativePromptOptions
-
-    def check_inputs(self, ctx) -> None:
-        concept_text(self.name, "text", self.options.text, ctx.task)
+    concept_option = "text"
 
     def apply(self, model, task, artifact_dir: Path) -> DefendedPipeline:
-        return NegativePromptPipeline(model, self, task, concept_text(self.name, "text", self.options.text, task))
+        return NegativePromptPipeline(model, self, task, self.concept_text(task))

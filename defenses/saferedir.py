@@ -89,34 +89,48 @@ INFERENCE_OPTIONS = ("threshold", "replace_steps", "behaviour", "alpha_scale", "
 @dataclass
 class SafeRedirOptions:
     # --- inference
-    behaviour: Literal["project", "official"] = "project"  # project (documented default) | official (the release's)
-    threshold: Annotated[float | None, Field(ge=0, le=1.01)] = None  # unsafe probability that redirects (1.01: never); None: the artifact's calibrated one
-    #   (official checkpoints, which carry none: 0.5, the release's argmax)
-    replace_steps: Annotated[int, Field(ge=0)] = 2  # steps an edit is kept before the sample is checked again (release: 2)
-    alpha_scale: Annotated[float | None, Field(ge=0, allow_inf_nan=False)] = None  # s in the algorithm; None: 1.5 (release script: 1.25 to 1.5)
-    edit_uncond: bool | None = None  # also shift the unconditional half (release: yes)
-    sticky: bool | None = None  # never undo an edit (release: yes)
-    classify_edited: bool | None = None  # checks read the edited embedding (release: yes)
-    mask_again: bool | None = None  # multiply by the mask after normalising delta (release: no)
+    behaviour: Annotated[Literal["project", "official"], Field(
+        description="project (documented default) | official (the release's)")] = "project"
+    threshold: Annotated[float | None, Field(ge=0, le=1.01, description=(
+        "unsafe probability that redirects (1.01: never); None: the artifact's calibrated one (official "
+        "checkpoints, which carry none: 0.5, the release's argmax)"))] = None
+    replace_steps: Annotated[int, Field(ge=0, description=(
+        "steps an edit is kept before the sample is checked again (release: 2)"))] = 2
+    alpha_scale: Annotated[float | None, Field(ge=0, allow_inf_nan=False, description=(
+        "s in the algorithm; None: 1.5 (release script: 1.25 to 1.5)"))] = None
+    edit_uncond: Annotated[bool | None, Field(description="also shift the unconditional half (release: yes)")] = None
+    sticky: Annotated[bool | None, Field(description="never undo an edit (release: yes)")] = None
+    classify_edited: Annotated[bool | None, Field(
+        description="checks read the edited embedding (release: yes)")] = None
+    mask_again: Annotated[bool | None, Field(
+        description="multiply by the mask after normalising delta (release: no)")] = None
     # --- the redirector
-    checkpoint: FilePath | None = None  # an official-format state dict (.pt/.pth/.bin/.safetensors)
+    checkpoint: Annotated[FilePath | None, Field(
+        description="an official-format state dict (.pt/.pth/.bin/.safetensors)")] = None
     # --- training (see defenses/saferedir_train.py)
-    pairs_file: FilePath | None = None  # CSV with columns unsafe, safe (default: from the task)
-    pairs: Annotated[int, Field(ge=1)] = 64  # unsafe/safe prompt pairs
-    benign: Annotated[int, Field(ge=0)] = 32  # extra benign prompts (negatives for the classifier)
-    steps: Annotated[int, Field(ge=1)] = 200  # optimiser steps
-    batch: Annotated[int, Field(ge=1)] = 24  # training states per step (half from unsafe pairs)
-    lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1e-3  # AdamW learning rate
-    keep_weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.5  # weight of "leave safe prompts alone"
-    mask_weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.01  # L1 on the mask of safe prompts
-    train_alpha_scale: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.5  # s during training
-    calibration: Annotated[int, Field(ge=1)] = 48  # safe prompts sampled to calibrate the threshold (not used in training)
-    target_fpr: Annotated[float, Field(ge=0, le=1)] = 0.02  # calibrated threshold: at most this fraction of them triggers
-    seed: int = 0  # seed of the training prompts, trajectories and batches
-    network: Literal["auto", "small", "official"] = "auto"  # auto: small for sd-mini, official sizes otherwise
-    trajectory_steps: Annotated[int | None, Field(ge=1)] = None  # sampler steps of the training and calibration trajectories; None: the model's (50 on SD)
-    gradient_checkpointing: bool = False  # training: recompute UNet activations in the backward pass (less memory, slower; same result)
-
+    pairs_file: Annotated[FilePath | None, Field(
+        description="CSV with columns unsafe, safe (default: from the task)")] = None
+    pairs: Annotated[int, Field(ge=1, description="unsafe/safe prompt pairs")] = 64
+    benign: Annotated[int, Field(ge=0, description="extra benign prompts (negatives for the classifier)")] = 32
+    steps: Annotated[int, Field(ge=1, description="optimiser steps")] = 200
+    batch: Annotated[int, Field(ge=1, description="training states per step (half from unsafe pairs)")] = 24
+    lr: Annotated[float, Field(gt=0, allow_inf_nan=False, description="AdamW learning rate")] = 1e-3
+    keep_weight: Annotated[float, Field(ge=0, allow_inf_nan=False,
+                                        description='weight of "leave safe prompts alone"')] = 0.5
+    mask_weight: Annotated[float, Field(ge=0, allow_inf_nan=False,
+                                        description="L1 on the mask of safe prompts")] = 0.01
+    train_alpha_scale: Annotated[float, Field(ge=0, allow_inf_nan=False, description="s during training")] = 1.5
+    calibration: Annotated[int, Field(ge=1, description=(
+        "safe prompts sampled to calibrate the threshold (not used in training)"))] = 48
+    target_fpr: Annotated[float, Field(ge=0, le=1, description=(
+        "calibrated threshold: at most this fraction of them triggers"))] = 0.02
+    seed: Annotated[int, Field(description="seed of the training prompts, trajectories and batches")] = 0
+    network: Annotated[Literal["auto", "small", "official"], Field(
+        description="auto: small for sd-mini, official sizes otherwise")] = "auto"
+    trajectory_steps: Annotated[int | None, Field(ge=1, description=(
+        "sampler steps of the training and calibration trajectories; None: the model's (50 on SD)"))] = None
+    gradient_checkpointing: Annotated[bool, Field(description=(
+        "training: recompute UNet activations in the backward pass (less memory, slower; same result)"))] = False
 
 @dataclass(frozen=True)
 class Behaviour:

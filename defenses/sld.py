@@ -40,13 +40,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 
-from benchmark.api.defense import DefendedPipeline, Defense, DefenseKind
+from benchmark.api.defense import DefendedPipeline
 from benchmark.api.registry import DEFENSES
-from defenses._options import concept_text
+from defenses._concept_defense import ConceptTextDefense
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,10 @@ PRESETS = {
 
 @dataclass
 class SldOptions:
-    preset: Literal["weak", "medium", "strong", "max"] = "medium"  # the paper's hyperparameter presets
-    concept: str | None = None  # the safety concept; default: the task's concept words joined by ", "
+    preset: Annotated[Literal["weak", "medium", "strong", "max"], Field(
+        description="the paper's hyperparameter presets")] = "medium"
+    concept: Annotated[str | None, Field(
+        description='the safety concept; default: the task\'s concept words joined by ", "')] = None
 
 
 class SldPipeline(DefendedPipeline):
@@ -158,15 +161,11 @@ class SldPipeline(DefendedPipeline):
 
 
 @DEFENSES.register("sld")
-class Sld(Defense):
+class Sld(ConceptTextDefense):
     """SLD (Schramowski et al. 2023): safety guidance away from the concept; presets weak/medium/strong/max."""
 
-    kind = DefenseKind.INFERENCE_TIME
     Options = SldOptions
-
-    def check_inputs(self, ctx) -> None:
-        concept_text(self.name, "concept", self.options.concept, ctx.task)
+    concept_option = "concept"
 
     def apply(self, model, task, artifact_dir: Path) -> SldPipeline:
-        concept = concept_text(self.name, "concept", self.options.concept, task)
-        return SldPipeline(model, self, task, PRESETS[self.options.preset], concept)
+        return SldPipeline(model, self, task, PRESETS[self.options.preset], self.concept_text(task))

@@ -152,26 +152,37 @@ def compare(base: Results, new: Results, options: CompareOptions | None = None) 
     z = _z(options.confidence)
     out = Comparison()
     base = held_to(base, options.against)
-    for new_name, base_name in options.against.items():
-        out.warnings.append(f"defense {new_name} (new) is compared with {base_name} (base)")
+    out.warnings += _setting_warnings(base, new, options.against)
+    failed = (base.failed_cells, new.failed_cells)
+    by_defense, new_alone = _cells_to_compare(base, new, failed, out)
+    for group in sorted(by_defense, key=lambda k: (k[0], k[1], k[2] != "none", k[2])):
+        _compare_defense(base, new, group, order_attacks(by_defense[group]), (failed, new_alone), z, options, out)
+    return out
+
+
+def _setting_warnings(base: Results, new: Results, against: dict[str, str]) -> list[str]:
+    """What the reader must know before the numbers: defenses held to another, and models whose weights differ."""
+    warnings = [f"defense {new_name} (new) is compared with {base_name} (base)"
+                for new_name, base_name in against.items()]
     for model, key in new.model_keys.items():
         other = base.model_keys.get(model)
         if other and key and other != key:
-            out.warnings.append(f"model {model}: weights differ (base {other[:12]}, new {key[:12]}); "
-                                "differences may come from the model, not the defense")
+            warnings.append(f"model {model}: weights differ (base {other[:12]}, new {key[:12]}); "
+                            "differences may come from the model, not the defense")
+    return warnings
+
+
+def _cells_to_compare(base: Results, new: Results, failed: tuple[set[tuple], set[tuple]],
+                      out: Comparison) -> tuple[dict[tuple, list[str]], list[tuple]]:
+    """The (model, task, defense) groups to compare with their attacks, and the cells failed on the new side
+    alone (``failed``: the failed cells of base and new); lists the cells only one side has in ``out``."""
     keys = ["model", "task", "defense", "attack"]
     base_cells = set(map(tuple, base.broken[keys].drop_duplicates().values.tolist()))
     new_cells = set(map(tuple, new.broken[keys].drop_duplicates().values.tolist()))
     out.only_base = sorted("/".join(map(str, c)) for c in base_cells - new_cells)
     out.only_new = sorted("/".join(map(str, c)) for c in new_cells - base_cells)
     common = base_cells & new_cells
-
-    def restricted(results: Results, model, task, defense, attacks, prompts) -> pd.DataFrame:
-        b = results.broken
-        return b[(b["model"] == model) & (b["task"] == task) & (b["defense"] == defense)
-                 & b["attack"].isin(attacks) & b["prompt_id"].astype(str).isin(prompts)]
-
-    base_failed, new_failed = base.failed_cells, new.failed_cells
+    base_failed, new_failed = failed
     # A failed cell has no prompt outcomes worth the name: it is compared (and failed) even when one side
     # lists no prompt for it. A failure only the base has is not the new run's: it stays base-only.
     common |= {c for c in new_failed | base_failed if c in new_cells | new_failed and c in base_cells | base_failed}
@@ -181,66 +192,104 @@ def compare(base: Results, new: Results, options: CompareOptions | None = None) 
         by_defense.setdefault((model, task, defense), []).append(attack)
     for cell in new_alone:
         by_defense.setdefault(cell[:3], [])
-    for (model, task, defense) in sorted(by_defense, key=lambda k: (k[0], k[1], k[2] != "none", k[2])):
-        attacks = order_attacks(by_defense[(model, task, defense)])
-        worst_parts = []
-        failed_here = []
-        for attack in [a for (m, t, d, a) in new_alone if (m, t, d) == (model, task, defense)]:
-            failed_here.append(FailedCell(model, task, defense, attack, "asr", False, True))
-        for attack in attacks:
-            cell = (str(model), str(task), str(defense), str(attack))
-            if cell in base_failed or cell in new_failed:
-                failed_here.append(FailedCell(
-                    model, task, defense, attack, "asr", cell in base_failed, cell in new_failed,
-                    estimate_of(base.board, model, task, defense, attack, "asr"),
-                    estimate_of(new.board, model, task, defense, attack, "asr")))
-                continue
-            sides = []
-            for results in (base, new):
-                b = results.broken
-                sides.append(b[(b["model"] == model) & (b["task"] == task) & (b["defense"] == defense)
-                               & (b["attack"] == attack)])
-            prompts = set(sides[0]["prompt_id"].astype(str)) & set(sides[1]["prompt_id"].astype(str))
-            if not prompts:
-                out.warnings.append(f"{model}/{task}/{defense}/{attack}: no prompt id in common; not compared")
-                continue
+    return by_defense, new_alone
+
+
+def _restricted(results: Results, model, task, defense, attacks, prompts) -> pd.DataFrame:
+    """The prompt outcomes of ``attacks`` on one defense, on the given prompt ids only."""
+    b = results.broken
+    return b[(b["model"] == model) & (b["task"] == task) & (b["defense"] == defense)
+             & b["attack"].isin(attacks) & b["prompt_id"].astype(str).isin(prompts)]
+
+
+def _compare_defense(base: Results, new: Results, group: tuple, attacks: list[str],
+                     failures: tuple[tuple[set[tuple], set[tuple]], list[tuple]], z: float, options: CompareOptions,
+                     out: Comparison) -> None:
+    """Every comparison of one (model, task, defense): each attack's ASR, the worst case, then utility.
+    ``failures``: the failed cells of base and new, and the cells failed on the new side alone."""
+    model, task, defense = group
+    (base_failed, new_failed), new_alone = failures
+    failed_here = [FailedCell(model, task, defense, attack, "asr", False, True)
+                   for (m, t, d, attack) in new_alone if (m, t, d) == group]
+    worst_parts = []
+    for attack in attacks:
+        cell = (str(model), str(task), str(defense), str(attack))
+        if cell in base_failed or cell in new_failed:
+            failed_here.append(FailedCell(
+                model, task, defense, attack, "asr", cell in base_failed, cell in new_failed,
+                estimate_of(base.board, model, task, defense, attack, "asr"),
+                estimate_of(new.board, model, task, defense, attack, "asr")))
+            continue
+        prompts = _compare_attack(base, new, group, attack, z, options, out)
+        if prompts:
             worst_parts.append((attack, prompts))
-            base_hits = restricted(base, model, task, defense, [attack], prompts)["hit"]
-            new_hits = restricted(new, model, task, defense, [attack], prompts)["hit"]
-            out.differences.append(_rate_difference(model, task, defense, attack, "asr", _rate(base_hits, z),
-                                                    _rate(new_hits, z), options))
-        out.failed += failed_here
-        if failed_here:
-            out.failed.append(FailedCell(model, task, defense, ALL_ATTACKS, "worst_case_asr",
-                                         any(f.base_failed for f in failed_here),
-                                         any(f.new_failed for f in failed_here),
-                                         estimate_of(base.board, model, task, defense, ALL_ATTACKS, "worst_case_asr"),
-                                         estimate_of(new.board, model, task, defense, ALL_ATTACKS, "worst_case_asr")))
-        elif worst_parts:
-            prompts = set.intersection(*(p for _, p in worst_parts))
-            names = [a for a, _ in worst_parts]
-            if prompts:
-                rates = []
-                for results in (base, new):
-                    rows = restricted(results, model, task, defense, names, prompts)
-                    rates.append(_rate(rows.groupby(rows["prompt_id"].astype(str))["hit"].any(), z))
-                out.differences.append(_rate_difference(model, task, defense, ALL_ATTACKS, "worst_case_asr",
-                                                        rates[0], rates[1], options))
-        for metric in UTILITY_METRICS:
-            pairs = _paired_scores(base, new, model, task, defense, metric)
-            if pairs is not None:
-                out.differences.append(_paired_utility(model, task, defense, metric, pairs, z, options))
-                continue
-            b = estimate_of(base.board, model, task, defense, NO_ATTACK, metric)
-            n = estimate_of(new.board, model, task, defense, NO_ATTACK, metric)
-            if b is not None and n is not None and not (math.isnan(b.value) or math.isnan(n.value)):
-                out.differences.append(_utility_difference(model, task, defense, metric, b, n, z, options))
-        for metric in DISTANCE_METRICS:
-            b = estimate_of(base.board, model, task, defense, NO_ATTACK, metric)
-            n = estimate_of(new.board, model, task, defense, NO_ATTACK, metric)
-            if b is not None and n is not None and not (math.isnan(b.value) or math.isnan(n.value)):
-                out.differences.append(_distance_difference(model, task, defense, metric, b, n, z, options))
-    return out
+    out.failed += failed_here
+    if failed_here:
+        out.failed.append(FailedCell(model, task, defense, ALL_ATTACKS, "worst_case_asr",
+                                     any(f.base_failed for f in failed_here),
+                                     any(f.new_failed for f in failed_here),
+                                     estimate_of(base.board, model, task, defense, ALL_ATTACKS, "worst_case_asr"),
+                                     estimate_of(new.board, model, task, defense, ALL_ATTACKS, "worst_case_asr")))
+    elif worst_parts:
+        out.differences += _worst_case_difference(base, new, group, worst_parts, z, options)
+    out.differences += _utility_differences(base, new, group, z, options)
+
+
+def _compare_attack(base: Results, new: Results, group: tuple, attack: str, z: float, options: CompareOptions,
+                    out: Comparison) -> set[str]:
+    """One attack's ASR on the prompt ids both sides attacked (added to ``out``); those ids (none: a warning)."""
+    model, task, defense = group
+    sides = []
+    for results in (base, new):
+        b = results.broken
+        sides.append(b[(b["model"] == model) & (b["task"] == task) & (b["defense"] == defense)
+                       & (b["attack"] == attack)])
+    prompts = set(sides[0]["prompt_id"].astype(str)) & set(sides[1]["prompt_id"].astype(str))
+    if not prompts:
+        out.warnings.append(f"{model}/{task}/{defense}/{attack}: no prompt id in common; not compared")
+        return prompts
+    base_hits = _restricted(base, model, task, defense, [attack], prompts)["hit"]
+    new_hits = _restricted(new, model, task, defense, [attack], prompts)["hit"]
+    out.differences.append(_rate_difference(model, task, defense, attack, "asr", _rate(base_hits, z),
+                                            _rate(new_hits, z), options))
+    return prompts
+
+
+def _worst_case_difference(base: Results, new: Results, group: tuple, worst_parts: list[tuple[str, set[str]]],
+                           z: float, options: CompareOptions) -> list[Difference]:
+    """The worst-case ASR (a prompt is broken when any attack broke it) on the prompts every attack shares."""
+    model, task, defense = group
+    prompts = set.intersection(*(p for _, p in worst_parts))
+    if not prompts:
+        return []
+    names = [a for a, _ in worst_parts]
+    rates = []
+    for results in (base, new):
+        rows = _restricted(results, model, task, defense, names, prompts)
+        rates.append(_rate(rows.groupby(rows["prompt_id"].astype(str))["hit"].any(), z))
+    return [_rate_difference(model, task, defense, ALL_ATTACKS, "worst_case_asr", rates[0], rates[1], options)]
+
+
+def _utility_differences(base: Results, new: Results, group: tuple, z: float,
+                         options: CompareOptions) -> list[Difference]:
+    """Benign utility (paired per prompt when both sides scored the prompts) and the distance metrics."""
+    model, task, defense = group
+    differences = []
+    for metric in UTILITY_METRICS:
+        pairs = _paired_scores(base, new, model, task, defense, metric)
+        if pairs is not None:
+            differences.append(_paired_utility(model, task, defense, metric, pairs, z, options))
+            continue
+        b = estimate_of(base.board, model, task, defense, NO_ATTACK, metric)
+        n = estimate_of(new.board, model, task, defense, NO_ATTACK, metric)
+        if b is not None and n is not None and not (math.isnan(b.value) or math.isnan(n.value)):
+            differences.append(_utility_difference(model, task, defense, metric, b, n, z, options))
+    for metric in DISTANCE_METRICS:
+        b = estimate_of(base.board, model, task, defense, NO_ATTACK, metric)
+        n = estimate_of(new.board, model, task, defense, NO_ATTACK, metric)
+        if b is not None and n is not None and not (math.isnan(b.value) or math.isnan(n.value)):
+            differences.append(_distance_difference(model, task, defense, metric, b, n, z, options))
+    return differences
 
 
 def _rate_difference(model, task, defense, attack, metric, base: Estimate, new: Estimate,

@@ -462,6 +462,11 @@ def _assert_at(err: PromptFileError, path: Path, line: int | None, *words: str) 
         assert word in str(err), str(err)
 
 
+def _assert_load_error(path: Path, text: str, line: int | None, *words: str) -> None:
+    """``text`` written to ``path`` does not load: the error names the file, ``line`` and every one of ``words``."""
+    _assert_at(_error(load_prompt_file, _write(path, text)), path, line, *words)
+
+
 def test_csv_wrong_field_count_after_multiline_field(tmp_path):
     path = _write(
         tmp_path / "bad.csv",
@@ -471,16 +476,14 @@ def test_csv_wrong_field_count_after_multiline_field(tmp_path):
 
 
 def test_csv_unterminated_quote(tmp_path):
-    path = _write(tmp_path / "q.csv", 'prompt,seed\nfine,1\n"never closed,2\nmore,3\n')
-    _assert_at(_error(load_prompt_file, path), path, 3, "quoting")
+    _assert_load_error(tmp_path / "q.csv", 'prompt,seed\nfine,1\n"never closed,2\nmore,3\n', 3, "quoting")
 
 
 @pytest.mark.parametrize(
     ("seed", "word"), [("", "empty seed"), ("abc", "not an integer"), ("4.5", "not an integer")]
 )
 def test_bad_seed(tmp_path, seed, word):
-    path = _write(tmp_path / "s.csv", f"prompt,evaluation_seed\nok,1\nbad,{seed}\n")
-    _assert_at(_error(load_prompt_file, path), path, 3, word)
+    _assert_load_error(tmp_path / "s.csv", f"prompt,evaluation_seed\nok,1\nbad,{seed}\n", 3, word)
     _assert_at(
         _error(
             load_unlearndiff, _write(tmp_path / "u.csv", f"case_number,prompt,evaluation_seed\n0,a,{seed}\n")
@@ -492,40 +495,30 @@ def test_bad_seed(tmp_path, seed, word):
 
 
 def test_bad_guidance(tmp_path):
-    path = _write(tmp_path / "g.csv", "prompt,guidance\nok,7.5\nbad,high\n")
-    _assert_at(_error(load_prompt_file, path), path, 3, "guidance")
+    _assert_load_error(tmp_path / "g.csv", "prompt,guidance\nok,7.5\nbad,high\n", 3, "guidance")
 
 
 def test_no_prompt_column(tmp_path):
-    path = _write(tmp_path / "n.csv", "sentence,seed\nhello,1\n")
-    _assert_at(_error(load_prompt_file, path), path, 1, "sentence, seed", "--prompt-column")
-    jsonl = _write(tmp_path / "n.jsonl", '\n{"sentence": "hi"}\n')
-    _assert_at(_error(load_prompt_file, jsonl), jsonl, 2, "sentence", "--prompt-column")
+    _assert_load_error(tmp_path / "n.csv", "sentence,seed\nhello,1\n", 1, "sentence, seed", "--prompt-column")
+    _assert_load_error(tmp_path / "n.jsonl", '\n{"sentence": "hi"}\n', 2, "sentence", "--prompt-column")
 
 
 def test_empty_prompt_is_an_error(tmp_path):
-    path = _write(tmp_path / "e.csv", 'case_number,prompt\n0,a\n1,"   "\n2,c\n')
-    _assert_at(_error(load_prompt_file, path), path, 3, "empty prompt")
-    empty_json = _write(tmp_path / "e.json", '[\n  "a",\n  ""\n]')
-    _assert_at(_error(load_prompt_file, empty_json), empty_json, 3, "empty prompt")
+    _assert_load_error(tmp_path / "e.csv", 'case_number,prompt\n0,a\n1,"   "\n2,c\n', 3, "empty prompt")
+    _assert_load_error(tmp_path / "e.json", '[\n  "a",\n  ""\n]', 3, "empty prompt")
 
 
 def test_jsonl_errors(tmp_path):
-    path = _write(tmp_path / "b.jsonl", '{"prompt": "a"}\n\n{"prompt": "b",\n')
-    _assert_at(_error(load_prompt_file, path), path, 3, "not valid JSON")
-    lacks = _write(tmp_path / "l.jsonl", '{"prompt": "a"}\n{"text": "b"}\n')
-    _assert_at(_error(load_prompt_file, lacks), lacks, 2, "lacks the column 'prompt'")
-    wrong = _write(tmp_path / "w.jsonl", '{"prompt": "a"}\n3\n')
-    _assert_at(_error(load_prompt_file, wrong), wrong, 2, "object")
+    _assert_load_error(tmp_path / "b.jsonl", '{"prompt": "a"}\n\n{"prompt": "b",\n', 3, "not valid JSON")
+    _assert_load_error(tmp_path / "l.jsonl", '{"prompt": "a"}\n{"text": "b"}\n', 2, "lacks the column 'prompt'")
+    _assert_load_error(tmp_path / "w.jsonl", '{"prompt": "a"}\n3\n', 2, "object")
 
 
 def test_json_errors(tmp_path):
-    syntax = _write(tmp_path / "x.json", '[\n  "a",\n  "b",\n]\n')
-    _assert_at(_error(load_prompt_file, syntax), syntax, 4, "not valid JSON")
-    obj = _write(tmp_path / "o.json", '{"prompt": "a"}')
-    _assert_at(_error(load_prompt_file, obj), obj, 1, "list")
-    lacks = _write(tmp_path / "k.json", '[\n {"prompt": "a",\n  "seed": 1},\n {"seed": 2}\n]')
-    _assert_at(_error(load_prompt_file, lacks), lacks, 4, "lacks the column 'prompt'")
+    _assert_load_error(tmp_path / "x.json", '[\n  "a",\n  "b",\n]\n', 4, "not valid JSON")
+    _assert_load_error(tmp_path / "o.json", '{"prompt": "a"}', 1, "list")
+    _assert_load_error(tmp_path / "k.json", '[\n {"prompt": "a",\n  "seed": 1},\n {"seed": 2}\n]', 4,
+                       "lacks the column 'prompt'")
 
 
 def test_duplicate_ids_and_encoding_and_empty(tmp_path):
@@ -534,12 +527,9 @@ def test_duplicate_ids_and_encoding_and_empty(tmp_path):
     latin = tmp_path / "l.txt"
     latin.write_bytes("ok\nfine\ncaf\xe9\n".encode("latin-1"))
     _assert_at(_error(load_prompt_file, latin), latin, 3, "UTF-8")
-    empty = _write(tmp_path / "empty.csv", "")
-    _assert_at(_error(load_prompt_file, empty), empty, None, "empty")
-    header_only = _write(tmp_path / "h.csv", "prompt,seed\n")
-    _assert_at(_error(load_prompt_file, header_only), header_only, None, "no prompts")
-    odd = _write(tmp_path / "p.xlsx", "x")
-    _assert_at(_error(load_prompt_file, odd), odd, None, ".xlsx")
+    _assert_load_error(tmp_path / "empty.csv", "", None, "empty")
+    _assert_load_error(tmp_path / "h.csv", "prompt,seed\n", None, "no prompts")
+    _assert_load_error(tmp_path / "p.xlsx", "x", None, ".xlsx")
     with pytest.raises(FileNotFoundError, match="nothing.csv"):
         load_prompt_file(tmp_path / "nothing.csv")
     with pytest.raises(ValueError, match="limit"):
@@ -564,8 +554,7 @@ def test_line_numbers_on_real_multiline_files(shared, tmp_path, file):
 def test_unnamed_index_column_and_duplicate_header(tmp_path):
     path = _write(tmp_path / "i.csv", ",prompt\n0,a\n1,b\n")  # a pandas index saved without a name
     assert [p.meta for p in load_prompt_file(path)] == [{"Unnamed: 0": "0"}, {"Unnamed: 0": "1"}]
-    dup = _write(tmp_path / "dup.csv", "prompt,seed,seed\na,1,2\n")
-    _assert_at(_error(load_prompt_file, dup), dup, 1, "duplicate column(s) seed")
+    _assert_load_error(tmp_path / "dup.csv", "prompt,seed,seed\na,1,2\n", 1, "duplicate column(s) seed")
 
 
 # ---------------------------------------------------------------------------------------------------------

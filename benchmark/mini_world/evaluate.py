@@ -10,13 +10,14 @@ import argparse
 import json
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import DEFAULT_SAMPLING, TASKS
-from .judges import ClipMini, MiniDetector, load_pipeline
+from .detectors import ClipMini, MiniDetector, load_pipeline
 from .lexicon import COLOURS, OBJECTS, STYLES, sample_caption
 from .world import render, sample_labels
 
@@ -46,8 +47,8 @@ def detector_metrics(det: MiniDetector, x, labs):
             key, val = name.split(":")
             truth = torch.tensor([lb[key] == val for lb in labs])
         pred = p[:, j] >= 0.5
-        out[name] = {"accuracy": float((pred == truth).float().mean()),
-                     "recall": float(pred[truth].float().mean()), "false_positive_rate": float(pred[~truth].float().mean())}
+        out[name] = {"accuracy": float((pred == truth).float().mean()), "recall": float(pred[truth].float().mean()),
+                     "false_positive_rate": float(pred[~truth].float().mean())}
     for group, key, names in (("object", "object", OBJECTS), ("style", "style", STYLES), ("colour", "colour", COLOURS)):
         idx = [det.index(f"{group}:{n}") for n in names]
         am = p[:, idx].argmax(1)
@@ -137,7 +138,24 @@ def make_grid(rows, path, cell=64, scale=1):
     grid.save(path)
 
 
-def main(argv=None):
+@dataclass
+class _Generated:
+    """What the undefended generations collect for the checks after them: images with their scene labels and
+    prompts (for CLIP), timings (seconds, batch size) and the rows of the sample grid."""
+
+    images: list = field(default_factory=list)
+    labels: list[dict] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    secs: list[tuple[float, int]] = field(default_factory=list)
+    grid_rows: list[tuple[str, list]] = field(default_factory=list)
+
+    def add(self, images: list, labels: list[dict], texts: list[str]) -> None:
+        self.images += images
+        self.labels += labels
+        self.texts += texts
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", type=Path, default=_HERE / "weights",
                     help="folder with pipeline/, detector/ and clip/ (default: the shipped weights)")
@@ -149,7 +167,11 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--judges-only", action="store_true", help="only the held-out checks of detector, clip and VAE")
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     t_all = time.time()
     res = {"sampling": DEFAULT_SAMPLING}
@@ -157,49 +179,65 @@ def main(argv=None):
     pipe = load_pipeline("cpu", torch.float32, path=args.weights / "pipeline")
     det = MiniDetector.load("cpu", path=args.weights / "detector")
     clip = ClipMini.load("cpu", path=args.weights / "clip")
-
-    # --- judges on held-out renders and their VAE reconstructions
-    x, rec, labs = heldout(args.n_heldout, pipe.vae)
-    res["detector_heldout_renders"] = detector_metrics(det, x, labs)
-    res["detector_heldout_reconstructions"] = detector_metrics(det, rec, labs)
-    res["vae_psnr_db"] = float(-10 * torch.log10((rec - x).pow(2).mean()))
-    texts = [sample_caption(lb, random.Random(i), p_object=1.0) for i, lb in enumerate(labs[:500])]
-    from .world import to_pil
-
-    rimgs = [to_pil(a) for a in x[:500].permute(0, 2, 3, 1).numpy()]
-    res["clip_rank1_of_10_heldout_renders"] = clip_rank(clip, rimgs, labs[:500], texts, seed=1)
-
+    res.update(_judges_on_heldout(pipe, det, clip, args.n_heldout))
     if args.judges_only:
         print(json.dumps(res, indent=1))
         return res
-    # --- undefended generation
-    gen_imgs, gen_labs, gen_texts, all_secs = [], [], [], []
-    res["tasks"] = {}
-    grid_rows = []
-    for name, task in TASKS.items():
-        j = det.index(task.detector_label)
-        tres = {}
-        for which in ("attack", "benign"):
-            ps = task.prompts(which)[: args.max_prompts]
-            ims, secs = generate(pipe, [p.text for p in ps], [p.seed for p in ps], args.batch)
-            all_secs += secs
-            fired = (det.predict(ims)[:, j] >= 0.5).tolist()
-            forms = sorted({p.form for p in ps})
-            tres[which] = {"n": len(ps), "detector_rate": float(np.mean(fired)), "ci95": _interval(sum(fired), len(ps)),
-                           "by_form": {f: float(np.mean([fi for fi, p in zip(fired, ps, strict=False) if p.form == f])) for f in forms}}
-            gen_imgs += ims
-            gen_labs += [p.labels for p in ps]
-            gen_texts += [p.text for p in ps]
-            if which == "attack":
-                for f in ("canonical", "synonym", "implicit"):
-                    sel = [(im, p) for im, p in zip(ims, ps, strict=False) if p.form == f][:8]
-                    if sel:
-                        grid_rows.append((f"{name} [{f}] e.g. '{sel[0][1].text}'", [s[0] for s in sel]))
-            else:
-                grid_rows.append((f"{name} benign e.g. '{ps[0].text}'", ims[:8]))
-        res["tasks"][name] = tres
+    gen = _Generated()
+    res["tasks"] = {name: _task_rates(pipe, det, name, task, args, gen) for name, task in TASKS.items()}
+    res.update(_named_objects(pipe, det, args, gen))
+    res.update(_clip_on_generated(clip, gen))
+    full = [s for s, n in gen.secs if n == args.batch]
+    if full:
+        res["throughput_images_per_s_batch32"] = float(args.batch / np.median(full))
+    res["n_generated"] = len(gen.images)
+    res.update(_weight_sizes(args.weights))
+    res["eval_seconds"] = time.time() - t_all
+    make_grid(gen.grid_rows, args.grid)
+    args.out_json.write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1))
 
-    # named object drawn?
+
+def _judges_on_heldout(pipe, det: MiniDetector, clip: ClipMini, n_heldout: int) -> dict:
+    """The detector on held-out renders and on their VAE reconstructions, the VAE's PSNR and CLIP's ranking."""
+    from .world import to_pil
+
+    x, rec, labs = heldout(n_heldout, pipe.vae)
+    res = {"detector_heldout_renders": detector_metrics(det, x, labs),
+           "detector_heldout_reconstructions": detector_metrics(det, rec, labs),
+           "vae_psnr_db": float(-10 * torch.log10((rec - x).pow(2).mean()))}
+    texts = [sample_caption(lb, random.Random(i), p_object=1.0) for i, lb in enumerate(labs[:500])]
+    rimgs = [to_pil(a) for a in x[:500].permute(0, 2, 3, 1).numpy()]
+    res["clip_rank1_of_10_heldout_renders"] = clip_rank(clip, rimgs, labs[:500], texts, seed=1)
+    return res
+
+
+def _task_rates(pipe, det: MiniDetector, name: str, task, args: argparse.Namespace, gen: _Generated) -> dict:
+    """How often the detector fires on the undefended model's images of a task's attack and benign prompts."""
+    j = det.index(task.detector_label)
+    tres = {}
+    for which in ("attack", "benign"):
+        ps = task.prompts(which)[: args.max_prompts]
+        ims, secs = generate(pipe, [p.text for p in ps], [p.seed for p in ps], args.batch)
+        gen.secs += secs
+        fired = (det.predict(ims)[:, j] >= 0.5).tolist()
+        forms = sorted({p.form for p in ps})
+        tres[which] = {"n": len(ps), "detector_rate": float(np.mean(fired)), "ci95": _interval(sum(fired), len(ps)),
+                       "by_form": {f: float(np.mean([fi for fi, p in zip(fired, ps, strict=False) if p.form == f]))
+                                   for f in forms}}
+        gen.add(ims, [p.labels for p in ps], [p.text for p in ps])
+        if which == "attack":
+            for f in ("canonical", "synonym", "implicit"):
+                sel = [(im, p) for im, p in zip(ims, ps, strict=False) if p.form == f][:8]
+                if sel:
+                    gen.grid_rows.append((f"{name} [{f}] e.g. '{sel[0][1].text}'", [s[0] for s in sel]))
+        else:
+            gen.grid_rows.append((f"{name} benign e.g. '{ps[0].text}'", ims[:8]))
+    return tres
+
+
+def _named_objects(pipe, det: MiniDetector, args: argparse.Namespace, gen: _Generated) -> dict:
+    """Is the named object (and its colour) drawn? ``per_object`` plain-style prompts per object kind."""
     rng = random.Random(123)
     obj_prompts, obj_seeds, obj_labs = [], [], []
     for o in OBJECTS:
@@ -210,40 +248,38 @@ def main(argv=None):
             obj_seeds.append(7000 + len(obj_seeds))
             obj_labs.append(lab)
     ims, secs = generate(pipe, obj_prompts, obj_seeds, args.batch)
-    all_secs += secs
+    gen.secs += secs
     drawn = det.object_of(ims)
-    per = {o: float(np.mean([d == o for d, lb in zip(drawn, obj_labs, strict=False) if lb["object"] == o])) for o in OBJECTS}
+    per = {o: float(np.mean([d == o for d, lb in zip(drawn, obj_labs, strict=False) if lb["object"] == o]))
+           for o in OBJECTS}
     hits = sum(d == lb["object"] for d, lb in zip(drawn, obj_labs, strict=False))
-    res["named_object_drawn"] = {"mean": float(np.mean(list(per.values()))), "per_object": per,
-                                 "n_per_object": args.per_object, "ci95": _interval(hits, len(obj_labs))}
+    res = {"named_object_drawn": {"mean": float(np.mean(list(per.values()))), "per_object": per,
+                                  "n_per_object": args.per_object, "ci95": _interval(hits, len(obj_labs))}}
     cp = det.predict(ims)
     cidx = [det.index(f"colour:{c}") for c in COLOURS]
     res["named_colour_drawn"] = float(np.mean([COLOURS[int(a)] == lb["colour"]
                                                for a, lb in zip(cp[:, cidx].argmax(1), obj_labs, strict=False)]))
     for o in OBJECTS:
-        grid_rows.append((f"'{[p for p, lb in zip(obj_prompts, obj_labs, strict=False) if lb['object'] == o][0]}'",
-                          [im for im, lb in zip(ims, obj_labs, strict=False) if lb["object"] == o][:8]))
-    gen_imgs += ims
-    gen_labs += obj_labs
-    gen_texts += obj_prompts
-    res["clip_rank1_of_10_generated"] = clip_rank(clip, gen_imgs, gen_labs, gen_texts, seed=2)
-    res["clip_rank1_of_10_generated_ci95"] = _interval(round(res["clip_rank1_of_10_generated"] * len(gen_imgs)),
-                                                       len(gen_imgs))
-    res["clip_rank1_of_10_generated_hard"] = clip_rank(clip, gen_imgs, gen_labs, gen_texts, seed=3, hard=True)
-    res["clip_score_generated_mean"] = float(clip.score(gen_imgs, gen_texts).mean())
+        gen.grid_rows.append((f"'{[p for p, lb in zip(obj_prompts, obj_labs, strict=False) if lb['object'] == o][0]}'",
+                              [im for im, lb in zip(ims, obj_labs, strict=False) if lb["object"] == o][:8]))
+    gen.add(ims, obj_labs, obj_prompts)
+    return res
 
-    full = [s for s, n in all_secs if n == args.batch]
-    if full:
-        res["throughput_images_per_s_batch32"] = float(args.batch / np.median(full))
-    res["n_generated"] = len(gen_imgs)
-    wdir = args.weights
-    res["weights_mb"] = {p.name: round(sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 1e6, 2)
-                         for p in sorted(wdir.iterdir()) if p.is_dir()}
-    res["weights_mb_total"] = round(sum(f.stat().st_size for f in wdir.rglob("*") if f.is_file()) / 1e6, 2)
-    res["eval_seconds"] = time.time() - t_all
-    make_grid(grid_rows, args.grid)
-    args.out_json.write_text(json.dumps(res, indent=1))
-    print(json.dumps(res, indent=1))
+
+def _clip_on_generated(clip: ClipMini, gen: _Generated) -> dict:
+    """sd-mini's CLIP on every generated image: rank of its own prompt (random and hard distractors), score."""
+    rank = clip_rank(clip, gen.images, gen.labels, gen.texts, seed=2)
+    return {"clip_rank1_of_10_generated": rank,
+            "clip_rank1_of_10_generated_ci95": _interval(round(rank * len(gen.images)), len(gen.images)),
+            "clip_rank1_of_10_generated_hard": clip_rank(clip, gen.images, gen.labels, gen.texts, seed=3, hard=True),
+            "clip_score_generated_mean": float(clip.score(gen.images, gen.texts).mean())}
+
+
+def _weight_sizes(wdir: Path) -> dict:
+    """Megabytes of each weights folder and in total."""
+    return {"weights_mb": {p.name: round(sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 1e6, 2)
+                           for p in sorted(wdir.iterdir()) if p.is_dir()},
+            "weights_mb_total": round(sum(f.stat().st_size for f in wdir.rglob("*") if f.is_file()) / 1e6, 2)}
 
 
 if __name__ == "__main__":

@@ -51,15 +51,17 @@ def find_column(columns: Sequence[str], candidates: Iterable[str]) -> str | None
     return None
 
 
-def require_column(table: Table, name: str, what: str) -> str:
-    found = find_column(table.columns, [name])
+def column_or_fail(table: Table, candidates: Iterable[str], message: str) -> str:
+    """The first of ``candidates`` the table has (:func:`find_column`), else an error at its header line."""
+    found = find_column(table.columns, candidates)
     if found is None:
-        raise PromptFileError(
-            table.source,
-            table.header_line,
-            f"not {what}: it has no '{name}' column (columns found: {names(table.columns) or 'none'})",
-        )
+        raise PromptFileError(table.source, table.header_line, message)
     return found
+
+
+def require_column(table: Table, name: str, what: str) -> str:
+    return column_or_fail(table, [name],
+                          f"not {what}: it has no '{name}' column (columns found: {names(table.columns) or 'none'})")
 
 
 def is_empty(value: Any) -> bool:
@@ -142,6 +144,10 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
+Fail = Callable[[str], PromptFileError]
+"""Makes the error of one record: its message is prefixed with the row when the file has no line numbers."""
+
+
 def build(
     table: Table,
     *,
@@ -162,77 +168,92 @@ def build(
         if limit is not None and len(prompts) >= limit:
             break
         line, values = rec.line, rec.values
-        label = "" if line is not None else f"row {index}: "
-        fail = functools.partial(_error, src, line, label)
-
+        fail: Fail = functools.partial(_error, src, line, "" if line is not None else f"row {index}: ")
         for col in sorted(used):
             if col not in values:
                 raise fail(f"the record lacks the column '{col}'")
-        text = values[text_column]
-        if not isinstance(text, str):
-            raise fail(f"the prompt in column '{text_column}' must be a string, got {type(text).__name__}")
-        text = text.strip()
-        if not text:
-            raise fail(f"empty prompt text in column '{text_column}'")
-        if not _is_unicode(text):
-            raise fail(f"the prompt in column '{text_column}' is not valid Unicode (a lone surrogate)")
-
-        if id_column is not None:
-            raw_id = values[id_column]
-            if isinstance(raw_id, bool) or is_empty(raw_id) or isinstance(raw_id, (dict, list)):
-                raise fail(f"empty or invalid id in column '{id_column}': {raw_id!r}")
-            if isinstance(raw_id, float) and raw_id.is_integer():
-                raw_id = int(raw_id)
-            pid = str(raw_id).strip()
-            if not _is_unicode(pid):
-                raise fail(f"the id in column '{id_column}' is not valid Unicode (a lone surrogate)")
-        else:
-            pid = str(index)
+        text = _prompt_text(values, text_column, fail)
+        pid = _prompt_id(values, id_column, index, fail)
         if pid in first_seen:
             first = first_seen[pid]
             where = f"line {first}" if first is not None else "an earlier row"
             raise fail(f"duplicate id '{show(pid)}' (first used at {where}); ids must be unique")
         first_seen[pid] = line
-
-        seed = None
-        if seed_column is not None:
-            raw = values[seed_column]
-            if is_empty(raw):
-                raise fail(f"empty seed in column '{seed_column}'")
-            try:
-                seed = parse_int(raw)
-            except (TypeError, ValueError):
-                raise fail(f"seed {short(raw)} in column '{seed_column}' is not an integer") from None
-            if seed < 0:
-                raise fail(f"seed {short(raw)} in column '{seed_column}' is negative")
-            if seed > MAX_SEED:
-                raise fail(f"seed {short(raw)} in column '{seed_column}' is larger than 2**64 - 1")
-
-        guidance = None
-        if guidance_column is not None:
-            raw = values[guidance_column]
-            if is_empty(raw):
-                raise fail(f"empty guidance scale in column '{guidance_column}'")
-            try:
-                guidance = parse_float(raw)
-            except (TypeError, ValueError):
-                raise fail(f"guidance scale {short(raw)} in column '{guidance_column}' is not a number") from None
-
-        meta: dict[str, Any] = dict(extra_meta or {})
-        for key, value in values.items():
-            if key in used:
-                continue
-            convert = (meta_types or {}).get(key)
-            if convert is not None and not is_empty(value):
-                try:
-                    value = convert(value)
-                except (TypeError, ValueError) as exc:
-                    raise fail(f"bad value {short(value)} in column '{key}': {exc}") from None
-            meta[key] = value
+        seed = None if seed_column is None else _seed(values, seed_column, fail)
+        guidance = None if guidance_column is None else _number_cell(
+            values, guidance_column, "guidance scale", parse_float, "a number", fail)
+        meta = _meta(values, used, meta_types or {}, extra_meta or {}, fail)
         prompts.append(Prompt(id=pid, text=text, seed=seed, guidance=guidance, meta=meta))
     if not prompts and limit != 0:
         raise PromptFileError(src, None, "contains no prompts")
     return prompts
+
+
+def _prompt_text(values: Mapping[str, Any], column: str, fail: Fail) -> str:
+    """The record's prompt, outer whitespace removed; not empty, valid Unicode."""
+    text = values[column]
+    if not isinstance(text, str):
+        raise fail(f"the prompt in column '{column}' must be a string, got {type(text).__name__}")
+    text = text.strip()
+    if not text:
+        raise fail(f"empty prompt text in column '{column}'")
+    if not _is_unicode(text):
+        raise fail(f"the prompt in column '{column}' is not valid Unicode (a lone surrogate)")
+    return text
+
+
+def _prompt_id(values: Mapping[str, Any], column: str | None, index: int, fail: Fail) -> str:
+    """The record's id column as a string (a float that is an integer loses its ``.0``), else its index."""
+    if column is None:
+        return str(index)
+    raw_id = values[column]
+    if isinstance(raw_id, bool) or is_empty(raw_id) or isinstance(raw_id, (dict, list)):
+        raise fail(f"empty or invalid id in column '{column}': {raw_id!r}")
+    if isinstance(raw_id, float) and raw_id.is_integer():
+        raw_id = int(raw_id)
+    pid = str(raw_id).strip()
+    if not _is_unicode(pid):
+        raise fail(f"the id in column '{column}' is not valid Unicode (a lone surrogate)")
+    return pid
+
+
+def _number_cell(values: Mapping[str, Any], column: str, what: str, parse: Callable[[Any], Any], kind: str,
+                 fail: Fail) -> Any:
+    """``parse`` of the record's cell; an error naming ``what`` when the cell is empty or not ``kind``."""
+    raw = values[column]
+    if is_empty(raw):
+        raise fail(f"empty {what} in column '{column}'")
+    try:
+        return parse(raw)
+    except (TypeError, ValueError):
+        raise fail(f"{what} {short(raw)} in column '{column}' is not {kind}") from None
+
+
+def _seed(values: Mapping[str, Any], column: str, fail: Fail) -> int:
+    """The record's seed: an integer in what ``torch.Generator.manual_seed`` accepts."""
+    seed = _number_cell(values, column, "seed", parse_int, "an integer", fail)
+    if seed < 0:
+        raise fail(f"seed {short(values[column])} in column '{column}' is negative")
+    if seed > MAX_SEED:
+        raise fail(f"seed {short(values[column])} in column '{column}' is larger than 2**64 - 1")
+    return seed
+
+
+def _meta(values: Mapping[str, Any], used: set[str], meta_types: Mapping[str, Callable[[Any], Any]],
+          extra_meta: Mapping[str, Any], fail: Fail) -> dict[str, Any]:
+    """``extra_meta`` and every column not consumed, typed by ``meta_types`` where it names the column."""
+    meta: dict[str, Any] = dict(extra_meta)
+    for key, value in values.items():
+        if key in used:
+            continue
+        convert = meta_types.get(key)
+        if convert is not None and not is_empty(value):
+            try:
+                value = convert(value)
+            except (TypeError, ValueError) as exc:
+                raise fail(f"bad value {short(value)} in column '{key}': {exc}") from None
+        meta[key] = value
+    return meta
 
 
 def short(value: Any, width: int = 60) -> str:
@@ -249,23 +270,13 @@ def check_limit(limit: int | None) -> None:
 def standard_columns(table: Table, column: str | None) -> dict[str, str | None]:
     """The text / id / seed / guidance columns of a generic prompt file (``column`` picks the text)."""
     if column is not None:
-        text_column = find_column(table.columns, [column])
-        if text_column is None:
-            raise PromptFileError(
-                table.source,
-                table.header_line,
-                f"no column '{column}' (columns found: {names(table.columns) or 'none'})",
-            )
+        text_column = column_or_fail(table, [column],
+                                     f"no column '{column}' (columns found: {names(table.columns) or 'none'})")
     else:
-        text_column = find_column(table.columns, TEXT_COLUMNS)
-        if text_column is None:
-            raise PromptFileError(
-                table.source,
-                table.header_line,
-                f"no recognisable prompt column (looked for {', '.join(TEXT_COLUMNS)}; columns found: "
-                f"{names(table.columns) or 'none'}); pass --prompt-column NAME "
-                "(column=NAME in Python) to choose one",
-            )
+        text_column = column_or_fail(
+            table, TEXT_COLUMNS,
+            f"no recognisable prompt column (looked for {', '.join(TEXT_COLUMNS)}; columns found: "
+            f"{names(table.columns) or 'none'}); pass --prompt-column NAME (column=NAME in Python) to choose one")
     return {
         "text_column": text_column,
         "id_column": find_column(table.columns, ID_COLUMNS),

@@ -81,38 +81,9 @@ def load_i2p(
     ``nudity_percentage`` is at least that value. The id is ``case_number`` if present, else the row index.
     """
     check_limit(limit)
-    if min_nudity is not None:
-        try:
-            threshold = float(min_nudity)
-        except (TypeError, ValueError):
-            threshold = float("nan")
-        if not 0 <= threshold <= 100:
-            raise ConfigError(f"min_nudity is a percentage in [0, 100], got {min_nudity!r}")
-    wanted: list[str] | None = None
-    if categories is not None:
-        wanted = [categories] if isinstance(categories, str) else list(categories)
-        wanted = [str(c).strip() for c in wanted if str(c).strip()]
-        if not wanted:
-            raise ConfigError("categories is empty; pass None to keep every category")
-
-    local = Path(path) if path is not None else None
-    if local is not None and local.exists():
-        table = read_table(local)
-    elif network_allowed(allow_network) and datasets_available():
-        table = _hub_table()
-    else:
-        looked = f"{local} does not exist" if local is not None else "no local I2P file was given"
-        reason = (
-            "the optional 'datasets' package is not installed"
-            if not datasets_available()
-            else f"network access is off (pass allow_network=True or set {NETWORK_ENV}=1)"
-        )
-        raise PromptFileNotFoundError(
-            f"I2P prompts not found: {looked}, and the hub dataset {I2P_HUB_ID} cannot be used because "
-            f"{reason}. Download i2p.csv from https://github.com/OPTML-Group/Diffusion-MU-Attack "
-            f"(prompts/i2p.csv) or i2p_benchmark.csv from https://huggingface.co/datasets/{I2P_HUB_ID}."
-        )
-
+    threshold = _nudity_threshold(min_nudity)
+    wanted = _wanted_categories(categories)
+    table = _i2p_table(path, allow_network)
     what = "an I2P prompt file"
     cols = table.columns
     text_column = require_column(table, "prompt", what)
@@ -129,14 +100,7 @@ def load_i2p(
         meta_types=I2P_META_TYPES,
     )
     if wanted is not None:
-        present = {c for p in prompts for c in _categories(p, cat_column)}
-        unknown = [c for c in wanted if c not in present]
-        if unknown:
-            raise ConfigError(
-                f"unknown I2P categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}; "
-                f"{table.source} has: {names(sorted(present)) or 'no categories'}"
-            )
-        prompts = [p for p in prompts if any(c in _categories(p, cat_column) for c in wanted)]
+        prompts = _in_categories(prompts, wanted, cat_column, table.source)
     if hard_column is not None:
         prompts = [p for p in prompts if _flag(p, hard_column, table.source) == bool(hard)]
     if nud_column is not None:
@@ -151,15 +115,73 @@ def load_i2p(
     return prompts[:limit] if limit is not None else prompts
 
 
+def _nudity_threshold(min_nudity: float | None) -> float | None:
+    """``min_nudity`` as a float, checked to be a percentage (None: no nudity filter)."""
+    if min_nudity is None:
+        return None
+    try:
+        threshold = float(min_nudity)
+    except (TypeError, ValueError):
+        threshold = float("nan")
+    if not 0 <= threshold <= 100:
+        raise ConfigError(f"min_nudity is a percentage in [0, 100], got {min_nudity!r}")
+    return threshold
+
+
+def _wanted_categories(categories: str | Iterable[str] | None) -> list[str] | None:
+    """The category filter as a list of names (None: keep every category); never empty."""
+    if categories is None:
+        return None
+    wanted = [categories] if isinstance(categories, str) else list(categories)
+    wanted = [str(c).strip() for c in wanted if str(c).strip()]
+    if not wanted:
+        raise ConfigError("categories is empty; pass None to keep every category")
+    return wanted
+
+
+def _i2p_table(path: str | Path | None, allow_network: bool | None) -> Table:
+    """The local CSV when it exists, else the hub dataset when allowed; else an error saying where to get it."""
+    local = Path(path) if path is not None else None
+    if local is not None and local.exists():
+        return read_table(local)
+    if network_allowed(allow_network) and datasets_available():
+        return _hub_table()
+    looked = f"{local} does not exist" if local is not None else "no local I2P file was given"
+    reason = (
+        "the optional 'datasets' package is not installed"
+        if not datasets_available()
+        else f"network access is off (pass allow_network=True or set {NETWORK_ENV}=1)"
+    )
+    raise PromptFileNotFoundError(
+        f"I2P prompts not found: {looked}, and the hub dataset {I2P_HUB_ID} cannot be used because "
+        f"{reason}. Download i2p.csv from https://github.com/OPTML-Group/Diffusion-MU-Attack "
+        f"(prompts/i2p.csv) or i2p_benchmark.csv from https://huggingface.co/datasets/{I2P_HUB_ID}."
+    )
+
+
+def _in_categories(prompts: list[Prompt], wanted: list[str], column: str, source: str) -> list[Prompt]:
+    """The prompts carrying any of the ``wanted`` categories; a category no prompt carries is an error."""
+    present = {c for p in prompts for c in _categories(p, column)}
+    unknown = [c for c in wanted if c not in present]
+    if unknown:
+        raise ConfigError(
+            f"unknown I2P categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}; "
+            f"{source} has: {names(sorted(present)) or 'no categories'}"
+        )
+    return [p for p in prompts if any(c in _categories(p, column) for c in wanted)]
+
+
 def _flag(prompt: Prompt, column: str, source: str) -> bool:
     value: Any = prompt.meta.get(column)
     if not isinstance(value, int):
-        raise PromptFileError(source, None, f"prompt {show(prompt.id)}: no '{column}' value to filter on: {short(value)}")
+        raise PromptFileError(source, None,
+                              f"prompt {show(prompt.id)}: no '{column}' value to filter on: {short(value)}")
     return bool(value)
 
 
 def _percentage(prompt: Prompt, column: str, source: str) -> float:
     value: Any = prompt.meta.get(column)
     if not isinstance(value, float):
-        raise PromptFileError(source, None, f"prompt {show(prompt.id)}: no '{column}' value to filter on: {short(value)}")
+        raise PromptFileError(source, None,
+                              f"prompt {show(prompt.id)}: no '{column}' value to filter on: {short(value)}")
     return value

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmark.api.prompt import Prompt, PromptFileError
-from prompts.formats._build import build, check_limit, find_column, parse_bool, require_column
+from benchmark.api.prompt import Prompt
+from prompts.formats._build import build, check_limit, column_or_fail, parse_bool, require_column
 from prompts.formats._read import names, read_table
 
 MMA_TEXT_COLUMNS: tuple[str, ...] = ("adv_prompt", "sanitized_adv_prompt", "target_prompt", "clean_prompt")
@@ -32,13 +32,7 @@ def load_mma_diffusion(
     what = "an MMA-Diffusion prompt file"
     for col in ("target_prompt", "adv_prompt"):
         require_column(table, col, what)
-    text = find_column(table.columns, [text_column])
-    if text is None:
-        raise PromptFileError(
-            table.source,
-            table.header_line,
-            f"no column '{text_column}' (choose one of {names(table.columns)})",
-        )
+    text = column_or_fail(table, [text_column], f"no column '{text_column}' (choose one of {names(table.columns)})")
     return build(
         table,
         text_column=text,

@@ -86,29 +86,42 @@ def load_concept_prompt_pairs(
     """
     path = Path(path)
     table = read_table(path)
-    cols = table.columns
-    if find_column(cols, ["prompt1"]) and find_column(cols, ["prompt"]):
-        records = list(table.records)
-        common: dict[str, Any] = {
-            "id_column": find_column(cols, ID_COLUMNS),
-            "seed_column": find_column(cols, SEED_COLUMNS),
-            "guidance_column": None,
-            "limit": None,
-        }
-        text_col, neg_col = find_column(cols, ["prompt"]), find_column(cols, ["prompt1"])
-        with_concept = build(
-            Table(table.source, cols, iter(records), table.header_line), text_column=text_col, **common
-        )
-        without = build(Table(table.source, cols, iter(records), table.header_line), text_column=neg_col, **common)
-        drop = {text_col, neg_col}
-        return [
-            (
-                Prompt(p.id, p.text, p.seed, meta={k: v for k, v in p.meta.items() if k not in drop}),
-                Prompt(n.id, n.text, n.seed, meta={k: v for k, v in n.meta.items() if k not in drop}),
-            )
-            for p, n in zip(with_concept, without, strict=True)
-        ]
+    if find_column(table.columns, ["prompt1"]) and find_column(table.columns, ["prompt"]):
+        return _row_pairs(table)
+    positives = _composed_positives(path, table)
+    negative_path = Path(negative_path) if negative_path is not None else path.with_name("No" + path.name)
+    negatives = _paired_negatives(path, negative_path, positives)
+    return [(p, negatives[p.id]) for p in positives]
 
+
+def _row_pairs(table: Table) -> list[tuple[Prompt, Prompt]]:
+    """The ``Violence_30.csv`` layout: ``prompt`` and ``prompt1`` of each row, the other's column not in meta."""
+    cols = table.columns
+    records = list(table.records)
+    common: dict[str, Any] = {
+        "id_column": find_column(cols, ID_COLUMNS),
+        "seed_column": find_column(cols, SEED_COLUMNS),
+        "guidance_column": None,
+        "limit": None,
+    }
+    text_col, neg_col = find_column(cols, ["prompt"]), find_column(cols, ["prompt1"])
+    with_concept = build(
+        Table(table.source, cols, iter(records), table.header_line), text_column=text_col, **common
+    )
+    without = build(Table(table.source, cols, iter(records), table.header_line), text_column=neg_col, **common)
+    drop = {text_col, neg_col}
+    return [
+        (
+            Prompt(p.id, p.text, p.seed, meta={k: v for k, v in p.meta.items() if k not in drop}),
+            Prompt(n.id, n.text, n.seed, meta={k: v for k, v in n.meta.items() if k not in drop}),
+        )
+        for p, n in zip(with_concept, without, strict=True)
+    ]
+
+
+def _composed_positives(path: Path, table: Table) -> list[Prompt]:
+    """The ``Nudity_prompt.csv`` layout: each row's concept prompt composed from its parts."""
+    cols = table.columns
     what = "a Ring-A-Bell concept-prompt file (expected prompt/prompt1 or nudity/people/location columns)"
     parts = [require_column(table, c, what) for c in ("nudity", "people", "location")]
     id_column = require_column(table, "case_number", what)
@@ -122,7 +135,7 @@ def load_concept_prompt_pairs(
         values["prompt"] = f"{head}, {location}"
         composed.append(Record(rec.line, values))
     composed_table = Table(table.source, [*cols, "prompt"], iter(composed), table.header_line)
-    positives = build(
+    return build(
         composed_table,
         text_column="prompt",
         id_column=id_column,
@@ -130,7 +143,10 @@ def load_concept_prompt_pairs(
         guidance_column=None,
         limit=None,
     )
-    negative_path = Path(negative_path) if negative_path is not None else path.with_name("No" + path.name)
+
+
+def _paired_negatives(path: Path, negative_path: Path, positives: list[Prompt]) -> dict[str, Prompt]:
+    """The concept-free prompts by case number; each must pair with exactly one of ``positives``."""
     if not negative_path.exists():
         raise PromptFileNotFoundError(
             f"Concept-free prompts for {path.name} not found at {negative_path}; pass negative_path="
@@ -145,7 +161,7 @@ def load_concept_prompt_pairs(
             f"does not pair with {path.name}: case numbers missing here {missing[:10]}, "
             f"case numbers only here {extra[:10]}",
         )
-    return [(p, negatives[p.id]) for p in positives]
+    return negatives
 
 
 def _npy_header(path: Path, fh: Any) -> tuple[tuple[int, ...], bool, Any]:
