@@ -14,7 +14,8 @@ its batch):
    the image with SD and VAE-encodes it (the most unsafe of 3 samples); here the one evaluation seed.
 2. Check 0 (``check_source``): the source prompt is generated through the defended sampler; a prompt the
    judge already flags needs no attack and is returned unchanged (upstream keeps only such "ideal" prompts
-   that SD draws unsafe and the defended model does not, ``process_data.py``).
+   that SD draws unsafe and the defended model does not, ``process_data.py``). Through the undefended
+   sampler (defense ``none``) the check images are drawn as the targets of step 1 (the same images).
 3. Learnable tokens: continuous embeddings ``P`` initialised from random vocabulary tokens (special tokens
    excluded), optimised with AdamW (lr 0.1, weight decay 0.1). Every iteration ``P`` is projected to the
    nearest vocabulary tokens by cosine similarity; the forward pass uses the projected (hard) tokens and
@@ -51,7 +52,11 @@ Cost per prompt: ``seconds`` (its batch's wall time shared equally), ``queries``
 forward + backward through the defended model plus a no-gradient undefended prediction) + checks (full
 generations) + 1 target generation, bounded by :meth:`P4D.query_budget`.
 
-Memory (as UnlearnDiff): prompts are optimised ``batch_size`` at a time, a chunk that runs out of memory is rerun
+Steps 1, 2 and 5, the batching and the memory handling are the token-search loop's (:mod:`attacks._token_search`,
+shared with UnlearnDiff); this module writes steps 3 and 4 (``begin``, ``step``, ``candidate``) and keeps the
+best judged prompt (``keep_best``; every check is judged, ``judge_every_check``).
+
+Memory (the loop's, as UnlearnDiff): prompts are optimised ``batch_size`` at a time, a chunk that runs out of memory is rerun
 at half the size (same results; recorded as an ``oom_backoffs`` event naming attack, task and defense), on CUDA
 ``auto_batch`` starts at the batch one prompt's measured step says fits, and ``gradient_checkpointing``
 recomputes the defended UNet's and text encoder's activations in the backward pass. Neither option enters the
@@ -65,7 +70,6 @@ end like any prompt (``meta.truncated_tokens``); learnable tokens past the conte
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -73,13 +77,12 @@ import torch
 from pydantic import Field
 
 from attacks import _text
-from attacks.unlearndiff import _PRISTINE, UnlearnDiff
-from benchmark.api.attack import Attack, AttackOutput, preset_budget
+from attacks._token_search import SearchState, TokenSearchAttack, TokenSearchOptions, undefended_model
 from benchmark.api.defense import DefendedPipeline
+from benchmark.api.presets import MINI_ON_SMALL_MODELS, Presets
 from benchmark.api.prompt import Prompt
 from benchmark.api.registry import ATTACKS
 from benchmark.api.sampling import image_seed
-from benchmark.hashing import stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -88,22 +91,14 @@ MINI = {"iterations": 16, "check_every": 8, "tokens": 16, "every_k": 3}
 
 
 @dataclass
-class P4DOptions:
-    variant: Literal["n", "k"] = "n"  # n: N free tokens replace the prompt; k: a token after every K prompt tokens
-    preset: Literal["auto", "paper", "mini"] = "auto"  # auto: mini on sd-mini/tiny-random, paper otherwise
-    tokens: Annotated[int | None, Field(ge=1)] = None  # P4D-N's N learnable tokens; None: the preset's (16)
-    every_k: Annotated[int | None, Field(ge=1)] = None  # P4D-K's K; None: the preset's (3)
-    iterations: Annotated[int | None, Field(ge=0)] = None  # optimisation steps per prompt; None: the preset's
-    check_every: Annotated[int | None, Field(ge=1)] = None  # iterations between judge checks (and the last one)
-    lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 0.1  # AdamW learning rate (upstream configs)
-    weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.1  # AdamW weight decay (upstream)
-    adaptive: bool = True  # loss through the defended sampler (False: bare UNets, conditional, guidance 1)
-    early_stop: bool = True  # stop a prompt once the judge flags it (False: always run every iteration)
-    check_source: bool = True  # check 0: a prompt already flagged without attack is returned unchanged
-    batch_size: Annotated[int, Field(ge=1)] = 8  # prompts optimised together (halved on out-of-memory)
-    seed: int = 0  # seed of the initial tokens and the timestep sequence
-    gradient_checkpointing: bool = False  # recompute UNet / text-encoder activations in the backward pass (less memory, slower; same result)
-    auto_batch: bool = True  # on CUDA: start at the batch that fits, measured on one prompt (same result)
+class P4DOptions(TokenSearchOptions):
+    variant: Annotated[Literal["n", "k"], Field(
+        description="n: N free tokens replace the prompt; k: a token after every K prompt tokens")] = "n"
+    tokens: Annotated[int | None, Field(ge=1, description="P4D-N's N learnable tokens; None: the preset's (16)")] = None
+    every_k: Annotated[int | None, Field(ge=1, description="P4D-K's K; None: the preset's (3)")] = None
+    lr: Annotated[float, Field(gt=0, allow_inf_nan=False, description="AdamW learning rate (upstream configs)")] = 0.1
+    weight_decay: Annotated[float, Field(
+        ge=0, allow_inf_nan=False, description="AdamW weight decay (upstream configs)")] = 0.1
 
 
 def interleave(content: list[int], every_k: int) -> list[int | None]:
@@ -115,26 +110,14 @@ def interleave(content: list[int], every_k: int) -> list[int | None]:
 
 
 @dataclass
-class _State:
-    """One prompt under attack."""
+class _State(SearchState):
+    """One prompt under attack: its token sequence with learnable slots and their embeddings."""
 
-    prompt: Any
-    seed: int
-    guidance: float
-    generator: torch.Generator
-    sequence: list[int | None]  # the adversarial prompt's tokens, None where a learnable token goes
-    x0: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # target latents (C, h, w)
+    sequence: list[int | None] = field(default_factory=list)  # the prompt's tokens, None at a learnable one
     source_cond: torch.Tensor | None = None  # the undefended encoding of the source prompt (seq, dim)
     embeds: torch.Tensor | None = None  # continuous learnable embeddings (slots, dim)
     adv: list[int] = field(default_factory=list)  # the projected learnable tokens
-    done: bool = False
-    text: str = ""
-    best_score: float = float("-inf")
-    iterations: int = 0
-    checks: int = 0
-    flagged_at: int | None = None  # -1: the source prompt was already flagged
     initial_text: str = ""
-    optimised_ids: list[int] | None = None  # the laid-out ids the loss saw for ``text``
 
     @property
     def slots(self) -> list[int]:
@@ -145,6 +128,19 @@ class _State:
         return [next(adv) if token is None else token for token in self.sequence]
 
 
+@dataclass
+class _Search:
+    """One chunk's search: the vocabulary and its normalised embeddings, the timestep order, the optimiser."""
+
+    vocab: torch.Tensor
+    table: torch.Tensor  # (V, dim), detached
+    normed: torch.Tensor  # unit rows of table[vocab], for the projection
+    scheduler: Any
+    order: torch.Tensor
+    undefended: DefendedPipeline
+    optimizer: torch.optim.Optimizer
+    tokenizer: Any
+
 
 def _project(embeds: torch.Tensor, normed_vocab: torch.Tensor, vocab: torch.Tensor) -> list[int]:
     """PEZ's projection: the vocabulary token nearest to each embedding by cosine similarity."""
@@ -153,18 +149,16 @@ def _project(embeds: torch.Tensor, normed_vocab: torch.Tensor, vocab: torch.Tens
 
 
 @ATTACKS.register("p4d")
-class P4D(UnlearnDiff):
+class P4D(TokenSearchAttack):
     """P4D: PEZ hard tokens (N replacing the prompt, or one every K tokens) matching the undefended noise."""
 
     Options = P4DOptions
+    State = _State
     in_all = False  # 3000 iterations per prompt on GPU models: run by name, not in the default job
-
-    def resolved(self, model_name: str | None, task_name: str) -> dict[str, Any]:
-        return preset_budget("p4d", self.options.preset, model_name, PAPER, MINI, self.options)
-
-    def config(self) -> dict[str, Any]:
-        # The presets' values enter the cell keys: changing a preset must not reuse results of the old one.
-        return {**Attack.config(self), "presets": {"paper": PAPER, "mini": MINI}}
+    keep_best = True  # the checked prompt with the highest judge score (step 5)
+    judge_every_check = True
+    # The budgets enter the cell keys ("presets"): changing one must not reuse results of the old one.
+    presets = Presets({"paper": PAPER, "mini": MINI}, by_model=MINI_ON_SMALL_MODELS, key="presets")
 
     def budget(self) -> dict[str, Any]:
         return {"paper": PAPER, "mini": MINI, "variant": self.options.variant, "lr": self.options.lr,
@@ -176,33 +170,29 @@ class P4D(UnlearnDiff):
         checks = iterations // every + (1 if iterations % every else 0)
         return iterations + checks + 2  # + the source check + the target generation
 
-    # ---------------------------------------------------------------- pieces
-    def _sequence(self, content: list[int], budget: dict[str, Any]) -> list[int | None]:
-        if self.options.variant == "n":
-            return [None] * budget["tokens"]
-        return interleave(content, budget["every_k"])
+    def _label(self) -> str:
+        return f"p4d-{self.options.variant}"
 
+    def make_state(self, prompt, seed, guidance, generator, tokenizer, budget) -> _State:
+        content = _text.content_ids(tokenizer, prompt.text)
+        sequence = [None] * budget["tokens"] if self.options.variant == "n" else interleave(content, budget["every_k"])
+        return _State(prompt, seed, guidance, generator, sequence=sequence)
+
+    def extra_meta(self, st: _State, budget: dict[str, Any]) -> dict[str, Any]:
+        return {"variant": self.options.variant, "learnable_tokens": len(st.slots),
+                "judge_score": None if st.best[1] == float("-inf") else st.best[1],
+                "initial_text": st.initial_text}
+
+    # ---------------------------------------------------------------- the loss
     def _undefended(self, ctx) -> DefendedPipeline:
         """The undefended sampler (pristine when a weight edit is applied to the shared pipeline)."""
-        pipe = self._base_pipe(ctx)
-        base = ctx.model if pipe is ctx.model.pipe else _PRISTINE[ctx.model.key]
-        return DefendedPipeline(base, None, ctx.task)
+        return DefendedPipeline(undefended_model(ctx, self.name, "its targets"), None, ctx.task)
 
-    def _judge(self, ctx, states: list[_State], texts: list[str]) -> list[tuple[bool, float]]:
-        """Generate each text with its prompt's evaluation seed through the defended sampler; judge it.
-        Returns (flagged and not blocked, score; -inf for a blocked image) per text."""
-        results: list[tuple[bool, float]] = [(False, float("-inf"))] * len(states)
-        by_guidance: dict[float, list[int]] = {}
-        for i, st in enumerate(states):
-            by_guidance.setdefault(st.guidance, []).append(i)
-        for guidance, idx in by_guidance.items():
-            images, blocked = ctx.generate([texts[i] for i in idx], [states[i].seed for i in idx], guidance)
-            scores = ctx.judge.score(images, [states[i].prompt.text for i in idx])
-            for j, i in enumerate(idx):
-                states[i].checks += 1
-                if not blocked[j]:
-                    results[i] = (bool(scores[j].flagged), float(scores[j].score))
-        return results
+    def _encode_sources(self, states: list[_State], undefended: DefendedPipeline) -> None:
+        """The undefended encoding of each source prompt (the target side of the loss)."""
+        sources = undefended.encode_prompts([st.prompt.text for st in states])
+        for st, source in zip(states, sources, strict=True):
+            st.source_cond = source.detach()
 
     def _conditioning(self, ctx, states: list[_State], table: torch.Tensor) -> torch.Tensor:
         """The defended text encoder's output for each state's laid-out tokens, the learnable positions
@@ -244,74 +234,41 @@ class P4D(UnlearnDiff):
                 out[i] = per_prompt[j]
         return torch.stack(out)
 
-    def _scheduler(self, ctx) -> Any:
+    # ---------------------------------------------------------------- the step
+    def begin(self, ctx, states: list[_State], budget: dict[str, Any]) -> _Search:
+        """Step 3: random vocabulary tokens to start (from each prompt's own generator), AdamW on them."""
         pipe = ctx.defended.pipe
-        scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
-        scheduler.set_timesteps(ctx.sampler["num_inference_steps"])
-        return scheduler
-
-    def _prepare(self, ctx, states: list[_State], undefended: DefendedPipeline) -> None:
-        """Targets (the undefended image's latents) and the undefended encoding of each source prompt."""
-        self._targets(ctx, states)
-        sources = undefended.encode_prompts([st.prompt.text for st in states])
-        for st, source in zip(states, sources, strict=True):
-            st.source_cond = source.detach()
-
-    # ---------------------------------------------------------------- optimisation
-    def _attack_batch(self, ctx, states: list[_State], budget: dict[str, Any]) -> None:
-        pipe = ctx.defended.pipe
-        tokenizer = pipe.tokenizer
-        vocab = _text.searchable_token_ids(tokenizer).to(pipe.device)
+        vocab = _text.searchable_token_ids(pipe.tokenizer).to(pipe.device)
         table = _text.token_embedding(pipe.text_encoder).weight.detach()
         normed = torch.nn.functional.normalize(table[vocab].float(), dim=-1)
         scheduler = self._scheduler(ctx)
         order = torch.randint(len(scheduler.timesteps), (max(1, budget["iterations"]),),
                               generator=torch.Generator().manual_seed(self.options.seed))
         undefended = self._undefended(ctx)
-        self._prepare(ctx, states, undefended)
-
-        def text(st: _State) -> str:
-            return _text.decode(tokenizer, st.filled())
-
-        for st in states:  # random vocabulary tokens to start, from the prompt's own generator
+        self._encode_sources(states, undefended)
+        for st in states:
             start = vocab[torch.randint(len(vocab), (len(st.slots),), generator=st.generator).to(vocab.device)]
             st.embeds = table[start].float().clone().requires_grad_(True)
             st.adv = _project(st.embeds, normed, vocab)
-            st.initial_text = text(st)
+            st.initial_text = _text.decode(pipe.tokenizer, st.filled())
         optimizer = torch.optim.AdamW([st.embeds for st in states], lr=self.options.lr,
                                       weight_decay=self.options.weight_decay)
-        best = {id(st): (False, float("-inf")) for st in states}
-        for it in range(1, budget["iterations"] + 1):
-            active = [st for st in states if not st.done]
-            if not active:
-                break
-            optimizer.zero_grad(set_to_none=True)
-            for st in active:
-                st.adv = _project(st.embeds, normed, vocab)
-            cond = self._conditioning(ctx, active, table)
-            t = scheduler.timesteps[order[it - 1]]
-            noise = torch.stack([torch.randn(st.x0.shape, generator=st.generator) for st in active])
-            self._losses(ctx, active, undefended, cond, t, noise, scheduler).sum().backward()
-            optimizer.step()
-            for st in active:
-                st.iterations += 1
-            if it % budget["check_every"] and it != budget["iterations"]:
-                continue
-            for st in active:  # the tokens after this step's update
-                st.adv = _project(st.embeds, normed, vocab)
-            texts = [text(st) for st in active]
-            for st, candidate, (hit, score) in zip(active, texts, self._judge(ctx, active, texts), strict=True):
-                if hit and st.flagged_at is None:
-                    st.flagged_at = it
-                    st.done = self.options.early_stop
-                if (hit, score) > best[id(st)] or not st.text:  # flagged first, then the judge's score
-                    best[id(st)] = (hit, score)
-                    st.text, st.best_score = candidate, score
-                    st.optimised_ids = _text.layout(tokenizer, st.filled())[0]
-        for st in states:
-            if not st.text:  # zero iterations: the random initial tokens
-                st.text = st.initial_text
-                st.optimised_ids = _text.layout(tokenizer, st.filled())[0]
+        return _Search(vocab, table, normed, scheduler, order, undefended, optimizer, pipe.tokenizer)
+
+    def step(self, ctx, search: _Search, active: list[_State], it: int) -> None:
+        """Step 4: project, the loss of the projected tokens, its gradient applied to the continuous ones."""
+        search.optimizer.zero_grad(set_to_none=True)
+        for st in active:
+            st.adv = _project(st.embeds, search.normed, search.vocab)
+        cond = self._conditioning(ctx, active, search.table)
+        t = search.scheduler.timesteps[search.order[it - 1]]
+        noise = torch.stack([torch.randn(st.x0.shape, generator=st.generator) for st in active])
+        self._losses(ctx, active, search.undefended, cond, t, noise, search.scheduler).sum().backward()
+        search.optimizer.step()
+
+    def candidate(self, search: _Search, st: _State) -> tuple[str, list[int]]:
+        st.adv = _project(st.embeds, search.normed, search.vocab)  # the tokens after this step's update
+        return _text.decode(search.tokenizer, st.filled()), _text.layout(search.tokenizer, st.filled())[0]
 
     # ---------------------------------------------------------------- public
     def objective(self, ctx, prompts: list[Any], texts: list[str], timesteps: list[int], seed: int = 0) -> list[float]:
@@ -320,9 +277,10 @@ class P4D(UnlearnDiff):
         pipe = ctx.defended.pipe
         states = [_State(p, image_seed(p.seed, int(ctx.sampler.get("seed", 0)), p.id, 0),
                          float(p.guidance if p.guidance is not None else ctx.sampler["guidance_scale"]),
-                         torch.Generator().manual_seed(seed), []) for p in prompts]
+                         torch.Generator().manual_seed(seed)) for p in prompts]
         undefended = self._undefended(ctx)
-        self._prepare(ctx, states, undefended)
+        self._targets(ctx, states)
+        self._encode_sources(states, undefended)
         scheduler = self._scheduler(ctx)
         cond = ctx.defended.encode_prompts(list(texts)).to(pipe.unet.dtype)
         totals = torch.zeros(len(states))
@@ -332,47 +290,9 @@ class P4D(UnlearnDiff):
                 totals += self._losses(ctx, states, undefended, cond, torch.tensor(t), noise, scheduler).cpu()
         return (totals / len(timesteps)).tolist()
 
-    def _label(self) -> str:
-        return f"p4d-{self.options.variant}"
-
     def _probe_loss(self, ctx, prompt: Prompt, x0: torch.Tensor, cond: torch.Tensor, t: torch.Tensor,
                     scheduler: Any) -> torch.Tensor:
-        st = _State(prompt, 0, float(ctx.sampler["guidance_scale"]), torch.Generator().manual_seed(0), [], x0=x0,
+        st = _State(prompt, 0, float(ctx.sampler["guidance_scale"]), torch.Generator().manual_seed(0), x0=x0,
                     source_cond=cond[0].detach())
         noise = torch.randn((1, *x0.shape), generator=st.generator)
         return self._losses(ctx, [st], self._undefended(ctx), cond, t, noise, scheduler).sum()
-
-    def _run_chunk(self, ctx, chunk: list[Any], budget: dict[str, Any]) -> dict[str, AttackOutput]:
-        tokenizer = ctx.defended.pipe.tokenizer
-        start = time.perf_counter()
-        states = []
-        for p in chunk:
-            seed = image_seed(p.seed, int(ctx.sampler.get("seed", 0)), p.id, 0)
-            generator = torch.Generator().manual_seed(self.options.seed + int(stable_hash(p.id + p.text, 8), 16))
-            guidance = p.guidance if p.guidance is not None else ctx.sampler["guidance_scale"]
-            states.append(_State(p, seed, float(guidance), generator,
-                                 self._sequence(_text.content_ids(tokenizer, p.text), budget)))
-        todo = states
-        if self.options.check_source:
-            for st, (hit, _) in zip(states, self._judge(ctx, states, [st.prompt.text for st in states]), strict=True):
-                if hit:
-                    st.done, st.text, st.flagged_at = True, st.prompt.text, -1
-            todo = [st for st in states if not st.done]
-        if todo:
-            self._attack_batch(ctx, todo, budget)
-        seconds = (time.perf_counter() - start) / len(chunk)
-        return {st.prompt.id: self._output(st, budget, seconds, tokenizer) for st in states}
-
-    def _output(self, st: _State, budget: dict[str, Any], seconds: float, tokenizer: Any) -> AttackOutput:
-        target = 1 if st.flagged_at != -1 else 0
-        ids, cut = _text.layout(tokenizer, _text.content_ids(tokenizer, st.text))
-        meta = {"variant": self.options.variant, "flagged_at": st.flagged_at, "iterations": st.iterations,
-                "checks": st.checks, "adaptive": self.options.adaptive,
-                "learnable_tokens": len(st.slots),
-                "budget": {k: budget[k] for k in ("iterations", "check_every")},
-                "judge_score": None if st.best_score == float("-inf") else st.best_score,
-                "initial_text": st.initial_text, "truncated_tokens": cut,
-                # BPE vocabularies may re-tokenize decoded tokens differently from the optimised ids
-                "retokenizes_same": None if st.optimised_ids is None else ids == st.optimised_ids}
-        return AttackOutput(st.prompt.id, st.text, seconds=seconds, queries=st.iterations + st.checks + target,
-                            meta=meta)

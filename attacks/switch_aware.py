@@ -71,11 +71,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SwitchAwareOptions(UnlearnDiffOptions):
-    mode: Literal["penalty", "bpda", "both"] = "both"  # penalty on the decision logit, BPDA through the switch, or both
-    penalty_weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0  # lambda: weight of the decision penalty
-    margin: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0  # the penalty vanishes once the logit is below -margin
-    tau: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0  # BPDA temperature of sigmoid(logit / tau)
-    check_switch: bool = True  # sample the final prompt once more to record whether the switch stayed off
+    mode: Annotated[Literal["penalty", "bpda", "both"], Field(
+        description="penalty on the decision logit, BPDA through the switch, or both")] = "both"
+    penalty_weight: Annotated[float, Field(
+        ge=0, allow_inf_nan=False, description="lambda: weight of the decision penalty")] = 1.0
+    margin: Annotated[float, Field(
+        ge=0, allow_inf_nan=False, description="the penalty vanishes once the logit is below -margin")] = 1.0
+    tau: Annotated[float, Field(gt=0, allow_inf_nan=False, description="BPDA temperature of sigmoid(logit / tau)")] = 1.0
+    check_switch: Annotated[bool, Field(
+        description="sample the final prompt once more to record whether the switch stayed off")] = True
 
 
 @ATTACKS.register("switch-aware")

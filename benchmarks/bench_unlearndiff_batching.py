@@ -34,7 +34,8 @@ def main() -> None:
 
     import attacks  # noqa: F401  (registers the attacks)
     import defenses  # noqa: F401
-    from attacks.unlearndiff import _TARGETS, UnlearnDiff
+    from attacks._token_search import forget_targets
+    from attacks.unlearndiff import UnlearnDiff
     from benchmark.api.attack import AttackContext
     from benchmark.api.model import get_model_spec, resolve_device, resolve_dtype
     from benchmark.api.registry import DEFENSES, JUDGES, PROMPT_SETS, TASKS
@@ -52,7 +53,7 @@ def main() -> None:
     ctx = AttackContext(model=model, defended=defended, task=task, judge=judge, sampler=sampler)
 
     def per_prompt_seconds(batch_size: int) -> float:
-        _TARGETS.clear()  # both arms generate their own targets
+        forget_targets(model)  # both arms generate their own targets
         attack = UnlearnDiff(iterations=args.iterations, early_stop=False, check_source=False,
                              batch_size=batch_size)
         start = time.perf_counter()

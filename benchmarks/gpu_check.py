@@ -479,9 +479,10 @@ def attack_context(b: Bench, defended: Any) -> Any:
 
 def clear_attack_caches() -> None:
     """Module-level caches the attacks share within a process: each measurement computes its own."""
-    from attacks import concept_inversion, unlearndiff
+    from attacks import concept_inversion
+    from attacks._token_search import forget_targets
 
-    unlearndiff._TARGETS.clear()
+    forget_targets()
     concept_inversion._IMAGES.clear()
     concept_inversion._LEARNED.clear()
 
@@ -524,7 +525,7 @@ def section_esd(b: Bench, rec: Recorder) -> None:
     from defenses.esd import train_esd
 
     defense = DEFENSES.get("esd-x")()
-    settings = defense.resolved(b.model.name)
+    settings = defense.preset_values(b.model.name)
     ddim_steps = b.profile.esd_ddim_steps or settings["ddim_steps"]
     o, n = defense.options, b.profile.esd_iterations
 

@@ -176,8 +176,8 @@ def test_the_penalty_gradient_reaches_the_tokens(model, task, artifact, unsafe_p
     cond = _text.encode_from_token_embeds(pipe.text_encoder, row[None])
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
     scheduler.set_timesteps(STEPS)
-    state = _State(prompt, 3, 5.0, torch.randn(4, 16, 16, generator=torch.Generator().manual_seed(2)), content,
-                   torch.Generator().manual_seed(4))
+    state = _State(prompt, 3, 5.0, torch.Generator().manual_seed(4),
+                   x0=torch.randn(4, 16, 16, generator=torch.Generator().manual_seed(2)), content=content)
     ctx = context(model, task, defended)
     penalty = attack._extra_loss(ctx, [state], cond, scheduler)
     assert penalty is not None and penalty.item() > 0

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attacks.unlearndiff import _PRISTINE, _TARGETS, UnlearnDiff
+from attacks._token_search import undefended_cache
+from attacks.unlearndiff import UnlearnDiff, _State
 from benchmark.api.attack import AttackContext, ThreatModel
 from benchmark.api.defense import DefendedPipeline, Defense, DefenseKind
 from benchmark.api.errors import OptionError
@@ -150,24 +151,24 @@ class ScaleDefense(Defense):
 
 
 def test_targets_come_from_the_undefended_model_even_under_a_weight_edit(model):
-    _TARGETS.clear()
+    cache = undefended_cache(model)
+    cache.targets.clear()
     attack = UnlearnDiff(iterations=0)
-    from attacks.unlearndiff import _State
 
     def targets(defended):
-        states = [_State(p, p.seed, 5.0, torch.empty(0), [], torch.Generator()) for p in PROMPTS[:2]]
+        states = [_State(p, p.seed, 5.0, torch.Generator()) for p in PROMPTS[:2]]
         attack._targets(context(model, defended), states)
         return torch.stack([s.x0 for s in states])
 
     clean = targets(DefendedPipeline(model, None, TOY))
-    _TARGETS.clear()
+    cache.targets.clear()
     edited = ScaleDefense().apply(model, TOY, None)
     try:
         under_edit = targets(edited)
     finally:
         edited.close()
     assert torch.allclose(clean, under_edit, atol=1e-5)
-    assert model.key in _PRISTINE
+    assert cache.pristine is not None and cache.pristine.key == model.key
 
 
 def _unet_calls(model):
@@ -193,7 +194,7 @@ def test_check_zero_through_the_undefended_sampler_draws_the_targets_too(model, 
     attack = UnlearnDiff(iterations=1, check_every=1, tokens=1)
 
     def run(tag, shared_targets):
-        _TARGETS.clear()
+        undefended_cache(model).targets.clear()
         if not shared_targets:
             monkeypatch.setattr(UnlearnDiff, "_samples_undefended", staticmethod(lambda ctx: False))
         shared = SharedGenerations(defended, CellStore(tmp_path / tag), model.key, "none", "cpu", "float32")
@@ -207,7 +208,7 @@ def test_check_zero_through_the_undefended_sampler_draws_the_targets_too(model, 
             monkeypatch.undo()
         texts, seeds = [p.text for p in PROMPTS], [p.seed for p in PROMPTS]
         images, _ = shared.generate(texts, seeds, guidance_scale=5.0, num_inference_steps=2, height=32, width=32)
-        return outputs, [np.asarray(i) for i in images], dict(_TARGETS), len(calls), shared.computed
+        return outputs, [np.asarray(i) for i in images], dict(undefended_cache(model).targets), len(calls), shared.computed
 
     new_out, new_images, new_targets, new_calls, new_drawn = run("shared", True)
     old_out, old_images, old_targets, old_calls, old_drawn = run("apart", False)

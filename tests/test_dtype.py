@@ -182,9 +182,7 @@ def test_white_box_attack_optimises_in_fp32_and_judges_run_in_fp32(tmp_path, mon
     from benchmark.harness.config import RunConfig, SamplerConfig
     from benchmark.harness.runner import execute
 
-    # the attack's in-process caches are keyed by model, not dtype: start empty, so the targets are bf16's
-    monkeypatch.setattr(unlearndiff, "_TARGETS", {})
-    monkeypatch.setattr(unlearndiff, "_PRISTINE", {})
+    # the attack's targets are cached per loaded model (attacks._token_search): the run's bf16 model starts empty
     optimised = []
     attack_batch = unlearndiff.UnlearnDiff._attack_batch
 

@@ -275,11 +275,11 @@ def attack_context(model, defended):
     return AttackContext(model=model, defended=defended, task=TOY, judge=NeverFlags(), sampler=dict(SAMPLER))
 
 
-def same_outputs(records: dict[str, dict], outputs) -> None:
+def same_outputs(records: dict, outputs) -> None:
     for out in outputs:
         got = records[out.prompt_id]
-        assert (got["status"], got["text"], got["queries"], got["meta"]) == (out.status, out.text, out.queries,
-                                                                            out.meta), out.prompt_id
+        assert (got.status, got.text, got.queries, got.meta) == (out.status, out.text, out.queries,
+                                                                out.meta), out.prompt_id
 
 
 @pytest.mark.parametrize("name", ["unlearndiff", "p4d"])
@@ -302,7 +302,7 @@ def test_a_prompt_that_does_not_fit_alone_fails_its_cell_with_what_to_do_and_kee
                          "m", "d", counter)
     assert outcome.error.startswith("OutOfMemoryAtBatchOneError: attack unlearndiff toy/none: one item alone")
     assert "--option attack:unlearndiff.gradient_checkpointing=true" in outcome.error
-    assert all(r["status"] == "error" for r in outcome.records.values())
+    assert all(r.status == "error" for r in outcome.records.values())
     assert counter.backoffs == [{"what": "attack unlearndiff toy/none", "from": 2, "to": 1}]
     with pytest.raises(OutOfMemoryAtBatchOneError, match="does not fit"):
         attack.run(PROMPTS[:1], attack_context(tiny, SmallCard(tiny, fits=0)))
@@ -311,7 +311,7 @@ def test_a_prompt_that_does_not_fit_alone_fails_its_cell_with_what_to_do_and_kee
 def test_auto_batch_measures_one_prompts_step_and_starts_at_what_fits(tiny, monkeypatch):
     """On CPU the probe never runs (the size stays as asked); with an injected card it runs one prompt's real
     forward and backward, and the attack starts at the measured size with the same outputs."""
-    import attacks.unlearndiff as unlearndiff
+    import attacks._token_search as _token_search
 
     attack = ATTACKS.get("unlearndiff")(iterations=1, check_every=5, batch_size=3)
     ctx = attack_context(tiny, DefendedPipeline(tiny, None, TOY))
@@ -329,7 +329,7 @@ def test_auto_batch_measures_one_prompts_step_and_starts_at_what_fits(tiny, monk
         sizes.append(size)
         return size
 
-    monkeypatch.setattr(unlearndiff, "measured_batch_size", on_the_card)
+    monkeypatch.setattr(_token_search, "measured_batch_size", on_the_card)
     outputs = attack.run(PROMPTS, ctx)
     assert probed == [True] and sizes == [1]
     assert [(o.text, o.queries, o.meta) for o in outputs] == [(o.text, o.queries, o.meta) for o in reference]
