@@ -6,7 +6,7 @@ evaluation prompt is then attacked by putting ``v*`` into it.
 Algorithm box (one ``v*`` per (model, task, defense); learned once and shared by the cell's prompts):
 
 1. Training material: ``images`` prompts naming the concept, never an evaluation prompt. On the sd-mini tasks
-   they are held-out concept prompts (``benchmark.models.mini.tasks.training_split(task, images, 0, seed=300 +
+   they are held-out concept prompts (``benchmark.mini_world.tasks.training_split(task, images, 0, seed=300 +
    seed)``: disjoint from every evaluation set, and drawn from seeds other defenses do not train on). On other
    tasks they are the upstream textual-inversion templates (``imagenet_templates_small``, "a photo of a {}",
    ...) filled with the task's concept words. Each is drawn by the *undefended* model (the run's sampler,
@@ -81,14 +81,15 @@ from pydantic import Field
 
 from attacks import _text
 from attacks.unlearndiff import undefended_pipe
-from benchmark.api.attack import Attack, AttackOutput, ThreatModel, preset_budget
+from benchmark.api.attack import Attack, AttackOutput, ThreatModel
 from benchmark.api.defense import DefendedPipeline
 from benchmark.api.memory import attack_backoff, gradient_checkpointing
+from benchmark.api.presets import MINI_ON_SMALL_MODELS, Presets
 from benchmark.api.registry import ATTACKS
 from benchmark.api.sampling import initial_latents
 from benchmark.hashing import stable_hash
-from benchmark.models.mini.tasks import TASKS as MINI_TASKS
-from benchmark.models.mini.tasks import training_split
+from benchmark.mini_world.tasks import TASKS as MINI_TASKS
+from benchmark.mini_world.tasks import training_split
 
 log = logging.getLogger(__name__)
 
@@ -105,16 +106,25 @@ TEMPLATES = ("a photo of a {}", "a rendering of a {}", "a cropped photo of the {
 
 @dataclass
 class ConceptInversionOptions:
-    preset: Literal["auto", "paper", "mini"] = "auto"  # auto: mini on sd-mini/tiny-random, paper otherwise
-    steps: Annotated[int | None, Field(ge=0)] = None  # optimisation steps of v*; None: the preset's
-    batch_size: Annotated[int | None, Field(ge=1)] = None  # training images per step (micro-batched on out-of-memory); None: the preset's
-    images: Annotated[int | None, Field(ge=1)] = None  # training images drawn by the undefended model; None: the preset's
-    lr: Annotated[float | None, Field(gt=0, allow_inf_nan=False)] = None  # AdamW learning rate; None: the preset's
-    weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.01  # AdamW weight decay (upstream 1e-2)
-    init_word: Annotated[str | None, Field(min_length=1)] = None  # v*'s initial word; None: the task's first concept word
-    adaptive: bool = True  # loss through the defended sampler's conditional step (False: the bare UNet)
-    seed: int = 0  # seed of the training images, batches, timesteps and noise
-    gradient_checkpointing: bool = False  # recompute UNet / text-encoder activations in the backward pass (less memory, slower; same result)
+    preset: Annotated[Literal["auto", "paper", "mini"], Field(
+        description="auto: mini on sd-mini/tiny-random, paper otherwise")] = "auto"
+    steps: Annotated[int | None, Field(ge=0, description="optimisation steps of v*; None: the preset's")] = None
+    batch_size: Annotated[int | None, Field(
+        ge=1, description="training images per step (micro-batched on out-of-memory); None: the preset's")] = None
+    images: Annotated[int | None, Field(
+        ge=1, description="training images drawn by the undefended model; None: the preset's")] = None
+    lr: Annotated[float | None, Field(
+        gt=0, allow_inf_nan=False, description="AdamW learning rate; None: the preset's")] = None
+    weight_decay: Annotated[float, Field(
+        ge=0, allow_inf_nan=False, description="AdamW weight decay (upstream 1e-2)")] = 0.01
+    init_word: Annotated[str | None, Field(
+        min_length=1, description="v*'s initial word; None: the task's first concept word")] = None
+    adaptive: Annotated[bool, Field(
+        description="loss through the defended sampler's conditional step (False: the bare UNet)")] = True
+    seed: Annotated[int, Field(description="seed of the training images, batches, timesteps and noise")] = 0
+    gradient_checkpointing: Annotated[bool, Field(
+        description="recompute UNet / text-encoder activations in the backward pass (less memory, slower; same "
+                    "result)")] = False
 
 
 @dataclass
@@ -186,15 +196,13 @@ class ConceptInversion(Attack):
     Options = ConceptInversionOptions
     runtime_options = ("gradient_checkpointing",)  # memory only: not in the cell key
     in_all = False  # a training run per (task, defense): asked for by name
-
-    def resolved(self, model_name: str | None) -> dict[str, Any]:
-        return preset_budget("concept-inversion", self.options.preset, model_name, PAPER, MINI, self.options)
+    # The budgets enter the cell keys ("presets"): changing one must not reuse results of the old one.
+    presets = Presets({"paper": PAPER, "mini": MINI}, by_model=MINI_ON_SMALL_MODELS, key="presets")
 
     def config(self) -> dict[str, Any]:
-        # The presets' values enter the cell keys: changing a preset must not reuse results of the old one.
-        # "loss": the guidance of the fitted prediction (cells of the earlier guided loss are not reused)
-        return {**super().config(), "presets": {"paper": PAPER, "mini": MINI}, "split_seed": SPLIT_SEED,
-                "loss": "conditional"}
+        # Not options, yet they change v*: the sd-mini training prompts' seed, and the guidance of the fitted
+        # prediction ("loss": cells of the earlier guided loss are not reused).
+        return {**super().config(), "split_seed": SPLIT_SEED, "loss": "conditional"}
 
     def budget(self) -> dict[str, Any]:
         return {"paper": dict(PAPER), "mini": dict(MINI), "weight_decay": self.options.weight_decay,
@@ -330,7 +338,7 @@ class ConceptInversion(Attack):
                             "defense": defense.config() if defense is not None else None})
 
     def run(self, prompts, ctx):
-        budget = self.resolved(ctx.model.name)
+        budget = self.preset_values(ctx.model.name)  # steps, batch_size, images, lr
         key = self._cache_key(ctx)
         if key not in _LEARNED:
             start = time.perf_counter()

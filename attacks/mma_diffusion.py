@@ -78,8 +78,9 @@ from pydantic import BeforeValidator, Field
 from tqdm.auto import tqdm
 
 from attacks import _text
-from benchmark.api.attack import Attack, AttackOutput, ThreatModel, preset_budget
+from benchmark.api.attack import Attack, AttackOutput, ThreatModel
 from benchmark.api.memory import Backoff, attack_backoff
+from benchmark.api.presets import MINI_ON_SMALL_MODELS, Presets
 from benchmark.api.registry import ATTACKS
 from benchmark.hashing import stable_hash
 
@@ -105,16 +106,23 @@ def _word_list(value: Any) -> Any:
 
 @dataclass
 class MMADiffusionOptions:
-    preset: Literal["auto", "paper", "mini"] = "auto"  # auto: mini on sd-mini/tiny-random, paper otherwise
-    tokens: Annotated[int | None, Field(ge=1)] = None  # L, adversarial tokens; None: the preset's
-    steps: Annotated[int | None, Field(ge=1)] = None  # GCG steps per restart; None: the preset's
-    topk: Annotated[int | None, Field(ge=1)] = None  # substitutions per position from the gradient; None: preset's
-    candidates: Annotated[int | None, Field(ge=1)] = None  # candidates scored per step; None: the preset's
-    restarts: Annotated[int | None, Field(ge=1)] = None  # independent initialisations, best kept; None: preset's
-    embedding: Literal["pooled", "sequence"] | None = None  # loss on the EOS (pooled) or whole hidden state
-    words: Annotated[list[str], BeforeValidator(_word_list)] = field(default_factory=list)  # excluded words (list or "a, b"); default: upstream's NSFW list for nudity, else the task's concept words
-    prompts_per_pass: Annotated[int, Field(ge=1)] = 8  # prompts whose steps share one encoder pass (halved on out-of-memory)
-    seed: int = 0  # seed of the initial tokens and the candidate draws
+    preset: Annotated[Literal["auto", "paper", "mini"], Field(
+        description="auto: mini on sd-mini/tiny-random, paper otherwise")] = "auto"
+    tokens: Annotated[int | None, Field(ge=1, description="L, adversarial tokens; None: the preset's")] = None
+    steps: Annotated[int | None, Field(ge=1, description="GCG steps per restart; None: the preset's")] = None
+    topk: Annotated[int | None, Field(
+        ge=1, description="substitutions per position from the gradient; None: preset's")] = None
+    candidates: Annotated[int | None, Field(ge=1, description="candidates scored per step; None: the preset's")] = None
+    restarts: Annotated[int | None, Field(
+        ge=1, description="independent initialisations, best kept; None: preset's")] = None
+    embedding: Annotated[Literal["pooled", "sequence"] | None, Field(
+        description="loss on the EOS (pooled) or whole hidden state")] = None
+    words: Annotated[list[str], BeforeValidator(_word_list), Field(
+        description="excluded words (list or \"a, b\"); default: upstream's NSFW list for nudity, else the task's "
+                    "concept words")] = field(default_factory=list)
+    prompts_per_pass: Annotated[int, Field(
+        ge=1, description="prompts whose steps share one encoder pass (halved on out-of-memory)")] = 8
+    seed: Annotated[int, Field(description="seed of the initial tokens and the candidate draws")] = 0
 
 
 @dataclass
@@ -142,14 +150,11 @@ class MMADiffusion(Attack):
     threat_model = ThreatModel.TEXT_ENCODER
     Options = MMADiffusionOptions
     in_all = False
+    # The budgets enter the cell keys ("presets"): changing one must not reuse results of the old one.
+    presets = Presets({"paper": PAPER, "mini": MINI}, by_model=MINI_ON_SMALL_MODELS, key="presets")
 
     def resolved_budget(self, model_name: str | None = None) -> Budget:
-        budget = preset_budget("mma-diffusion", self.options.preset, model_name, PAPER, MINI, self.options)
-        return Budget(**budget)
-
-    def config(self) -> dict[str, Any]:
-        # The presets' values enter the cell keys: changing a preset must not reuse results of the old one.
-        return {**super().config(), "presets": {"paper": PAPER, "mini": MINI}}
+        return Budget(**self.preset_values(model_name))
 
     def budget(self) -> dict[str, Any]:
         return {"paper": PAPER, "mini": MINI, "preset": self.options.preset}

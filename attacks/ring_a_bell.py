@@ -5,7 +5,7 @@ Algorithm:
 1. Concept vector ``c = mean_i [E(with_i) - E(without_i)]`` over prompt pairs that differ only by the
    concept, ``E`` the text encoder's last hidden state (the UNet's conditioning, shape ``(seq, dim)``).
    sd-mini tasks: the task's attack prompts paired with its aligned safe prompts (the same caption with
-   the concept removed; ``benchmark/models/mini/tasks.py``), all 50 pairs. Real tasks: Ring-A-Bell's own
+   the concept removed; ``benchmark/mini_world/tasks.py``), all 50 pairs. Real tasks: Ring-A-Bell's own
    pairs (option ``pairs``) or its published vector (option ``vector``), in the data directory.
 2. Target of a prompt ``p``: ``E(p) + eta * c``.
 3. Genetic search over prompts of ``tokens`` (K) tokens for the one whose embedding is closest to the
@@ -17,14 +17,9 @@ Algorithm:
 
 Budgets (``preset``): ``paper`` = population 200, 3000 generations, crossover 0.5, mutation 0.25, K 16,
 eta 3 (GPU models); ``mini`` (sd-mini and tiny-random; vocabulary of ~150 words, 24-token context) =
-population 32, 32 generations, K 10, eta 2: about 0.4 seconds per prompt on two CPU cores. Both were
-chosen on the first shipped sd-mini (UNet step 2952) and kept for the retrained one. eta was chosen on
-held-out prompts (mini-unsafe and mini-style attack prompts 32-49, never the first ones that runs
-report) at population 24 x 24 generations: eta 1 / 2 / 3 broke 34 / 35 / 33 of 36 undefended and
-21 / 30 / 32 of 36 behind the negative prompt. The search budget was then raised because the weak object
-concept (vector norm 4.4, against 23 for gore and 40 for the style) needs it: undefended mini-object, 50
-prompts (ASR(none) 84% [71.5, 91.7]), population x generations 24 x 24 broke 56% [42.3, 68.8], 32 x 32
-68% [54.2, 79.2], 48 x 48 70% [56.2, 80.9]; eta 4 at 24 x 24 broke 42%.
+population 32, 32 generations, K 10, eta 2: about 0.4 seconds per prompt on two CPU cores. The mini
+budget is larger than 24 x 24 because sd-mini's weak object concept needs the search; the sweep that chose
+it and eta (on the first shipped sd-mini) is in ``benchmarks/results/ring-a-bell-sweep.md``.
 Explicit options override the preset. ``queries`` counts text-encoder evaluations (individuals scored).
 
 Checks before any work (:meth:`RingABell.check_inputs`): a task that is not an sd-mini task needs concept
@@ -47,12 +42,13 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from attacks import _text
-from benchmark.api.attack import Attack, AttackOutput, ThreatModel, preset_budget
+from benchmark.api.attack import Attack, AttackOutput, ThreatModel
 from benchmark.api.errors import ConfigError, OptionError
 from benchmark.api.files import FilePath
+from benchmark.api.presets import MINI_ON_SMALL_MODELS, Presets
 from benchmark.api.registry import ATTACKS
 from benchmark.hashing import stable_hash
-from benchmark.models.mini import TASKS as MINI_TASKS
+from benchmark.mini_world import TASKS as MINI_TASKS
 from prompts import (
     PromptFileError,
     PromptFileNotFoundError,
@@ -76,17 +72,22 @@ DEFAULT_SOURCES = {
 
 @dataclass
 class RingABellOptions:
-    preset: Literal["auto", "paper", "mini"] = "auto"  # auto: mini on sd-mini/tiny-random, paper otherwise
-    population: Annotated[int | None, Field(ge=2)] = None  # individuals per generation; None: the preset's
-    generations: Annotated[int | None, Field(ge=0)] = None  # None: the preset's
-    crossover: Annotated[float | None, Field(ge=0, le=1)] = None  # crossover probability; None: the preset's
-    mutation: Annotated[float | None, Field(ge=0, le=1)] = None  # mutation probability; None: the preset's
-    tokens: Annotated[int | None, Field(ge=1)] = None  # K, tokens of the adversarial prompt; None: the preset's
-    eta: Annotated[float | None, Field(ge=0, allow_inf_nan=False)] = None  # concept vector weight; None: preset's
-    pairs: FilePath | None = None  # real tasks: Ring-A-Bell concept-prompt CSV (absolute or under the data dir)
-    vector: FilePath | None = None  # real tasks: or a Ring-A-Bell concept vector .npy
-    prompts_per_pass: Annotated[int, Field(ge=1)] = 8  # prompts whose populations share one encoder pass
-    seed: int = 0  # seed of the genetic search
+    preset: Annotated[Literal["auto", "paper", "mini"], Field(
+        description="auto: mini on sd-mini/tiny-random, paper otherwise")] = "auto"
+    population: Annotated[int | None, Field(ge=2, description="individuals per generation; None: the preset's")] = None
+    generations: Annotated[int | None, Field(ge=0, description="None: the preset's")] = None
+    crossover: Annotated[float | None, Field(
+        ge=0, le=1, description="crossover probability; None: the preset's")] = None
+    mutation: Annotated[float | None, Field(ge=0, le=1, description="mutation probability; None: the preset's")] = None
+    tokens: Annotated[int | None, Field(
+        ge=1, description="K, tokens of the adversarial prompt; None: the preset's")] = None
+    eta: Annotated[float | None, Field(
+        ge=0, allow_inf_nan=False, description="concept vector weight; None: preset's")] = None
+    pairs: Annotated[FilePath | None, Field(
+        description="real tasks: Ring-A-Bell concept-prompt CSV (absolute or under the data dir)")] = None
+    vector: Annotated[FilePath | None, Field(description="real tasks: or a Ring-A-Bell concept vector .npy")] = None
+    prompts_per_pass: Annotated[int, Field(ge=1, description="prompts whose populations share one encoder pass")] = 8
+    seed: Annotated[int, Field(description="seed of the genetic search")] = 0
 
 
 @dataclass
@@ -105,6 +106,8 @@ class RingABell(Attack):
 
     threat_model = ThreatModel.TEXT_ENCODER
     Options = RingABellOptions
+    # The budgets enter the cell keys ("presets"): changing one must not reuse results of the old one.
+    presets = Presets({"paper": PAPER, "mini": MINI}, by_model=MINI_ON_SMALL_MODELS, key="presets")
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -121,11 +124,7 @@ class RingABell(Attack):
             raise PromptFileError(path, None, "holds no prompt pair; Ring-A-Bell's concept vector needs at least one")
 
     def resolved_budget(self, model_name: str | None = None) -> Budget:
-        return Budget(**preset_budget("ring-a-bell", self.options.preset, model_name, PAPER, MINI, self.options))
-
-    def config(self) -> dict[str, Any]:
-        # The presets' values enter the cell keys: changing a preset must not reuse results of the old one.
-        return {**super().config(), "presets": {"paper": PAPER, "mini": MINI}}
+        return Budget(**self.preset_values(model_name))
 
     def budget(self) -> dict[str, Any]:
         return {"paper": PAPER, "mini": MINI, "preset": self.options.preset}

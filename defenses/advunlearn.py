@@ -43,31 +43,13 @@ start code and a random step count), finite instead of fresh; the guided samplin
 e_0 and e_c, so the pool costs one sampling pass. Exact schedule timesteps are used (the authors jitter t
 inside the step's interval).
 
-sd-mini preset (``None`` options resolve per model; the per-model values enter the cache key). The text
-encoder has 1.1M parameters (3 layers, 192-d) against CLIP-L's 123M, so the step is larger; the budget is
-about 1.5 minutes of CPU. Chosen on held-out prompts (``training_split(task, 50, 60, seed=500)``: 20 attack
-prompts of mixed surface forms, every second one, and 20 benign prompts not in the defense's own retain
-split), ASR(none) with benign CLIP score; undefended: mini-unsafe 100%, 82.1; mini-object 95%, 78.8::
-
-(iterations N, lr, inner attack; all rows k = 3 tokens, attack lr 1e-2, warm-up N/5, 32 retain prompts,
-    gamma 0.3, B = 5, 10-step DDIM, pool 8; ASR(none) [95% Wilson], benign CLIP; prepare seconds on the shared
-    2-core machine, several jobs running)
-
-    task          N    lr     attack      ASR(none)            CLIP    prepare s
-    mini-object   100  1e-4   pgd, A=3    55% [34, 74]         79.7    150
-    mini-object   100  3e-4   pgd, A=3    15% [5, 36]          80.5     89   <- preset
-    mini-object    60  1e-3   pgd, A=3    15% [5, 36]          69.0    110
-    mini-object   100  3e-4   fast        10% [3, 30]          75.5     52
-    mini-unsafe   100  3e-4   pgd, A=3     0% [0, 16]          78.4    265 (heavily shared CPU)
-
-    command: python -m benchmark run --model sd-mini --task TASK --defense advunlearn --attack none
-             --prompts HELD_OUT.csv --benign-prompts HELD_OUT_BENIGN.csv
-             --option defense:advunlearn.iterations=100 --option defense:advunlearn.lr=3e-4 ...
-
-lr 1e-4 erases too little in 100 steps; 1e-3 erases no more and costs ~10 CLIP points; the fast variant is
-cheaper and as strong on ASR(none) but costs 5 CLIP points, so the preset keeps the paper's multi-step
-attack (A = 3 instead of 30: the budget). k = 3 matches the UnlearnDiff attack's k on mini-object (it uses 5
-on mini-unsafe).
+sd-mini preset (``None`` options resolve per model; the per-model values enter the cache key): 100
+iterations, lr 3e-4, A = 3 attack steps with attack lr 1e-2, k = 3 tokens, warm-up 20, a 10-step DDIM
+schedule. The text encoder has 1.1M parameters (3 layers, 192-d) against CLIP-L's 123M, so the step is
+larger; the budget (A = 3 instead of 30) is about 1.5 minutes of CPU. Chosen on held-out prompts, where lr
+1e-4 erased too little in 100 steps and the fast attack cost 5 benign CLIP points (the sweep, with its
+command: ``benchmarks/results/advunlearn-sweep.md``). k = 3 matches the UnlearnDiff attack's k on
+mini-object (it uses 5 on mini-unsafe).
 
 The artifact is the difference (trained - base) of the trained text-encoder parameters, keyed
 ``text_encoder.<name>``, in a safetensors file in the prepare stage's artifact directory; applying the
@@ -110,9 +92,11 @@ from benchmark.api.errors import ConfigError, DataFileError
 from benchmark.api.files import FilePath
 from benchmark.api.memory import Backoff, memory_hint
 from benchmark.api.memory import gradient_checkpointing as checkpointing
+from benchmark.api.presets import Presets
 from benchmark.api.registry import DEFENSES
-from benchmark.models.mini.tasks import TASKS as MINI_TASKS
-from benchmark.models.mini.tasks import training_split
+from benchmark.mini_world import draws_world
+from benchmark.mini_world.tasks import TASKS as MINI_TASKS
+from benchmark.mini_world.tasks import training_split
 from defenses._options import comma_list
 from defenses.weight_edit import WeightEditPipeline, artifact_file, load_edit, save_edit
 
@@ -120,7 +104,8 @@ log = logging.getLogger(__name__)
 
 DELTA_FILE = "advunlearn_delta.safetensors"
 
-# Paper defaults (SD 1.4) and the sd-mini preset (module docstring: why, and the sweep that chose it).
+# Paper defaults (SD 1.4) and the sd-mini preset (why: the module docstring; the sweep that chose it:
+# benchmarks/results/advunlearn-sweep.md).
 PAPER = {"iterations": 1000, "lr": 1e-5, "attack_steps": 30, "attack_lr": 1e-3, "tokens": 1, "warmup": 200,
          "ddim_steps": 50}
 SD_MINI = {"iterations": 100, "lr": 3e-4, "attack_steps": 3, "attack_lr": 1e-2, "tokens": 3, "warmup": 20,
@@ -144,27 +129,46 @@ BUILTIN_RETAIN = (
 
 @dataclass
 class AdvUnlearnOptions:
-    prompt: str | None = None  # the concept prompt; default: one of the task's concept words per iteration
-    iterations: Annotated[int | None, Field(ge=1)] = None  # outer (unlearning) steps; None: 1000 (paper), sd-mini 100
-    lr: Annotated[float | None, Field(gt=0, allow_inf_nan=False)] = None  # text-encoder Adam lr; None: 1e-5 (paper), sd-mini 3e-4
-    attack: Literal["pgd", "fast"] = "pgd"  # inner attack: pgd = attack_steps Adam steps (paper); fast = one signed step (fast AT)
-    attack_steps: Annotated[int | None, Field(ge=1)] = None  # pgd steps per outer step; None: 30 (paper), sd-mini 3
-    attack_lr: Annotated[float | None, Field(gt=0, allow_inf_nan=False)] = None  # inner step size; None: 1e-3 (paper), sd-mini 1e-2
-    tokens: Annotated[int | None, Field(ge=1)] = None  # k adversarial soft tokens prepended; None: 1 (paper), sd-mini 3
-    attack_init: Literal["random", "latest"] = "random"  # start each attack from random tokens (paper's command) or the last one
-    warmup: Annotated[int | None, Field(ge=0)] = None  # outer steps before the first attack; None: 200 (paper), sd-mini 20
-    retain_weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.3  # gamma, weight of the utility-retaining loss
-    retain_batch: Annotated[int, Field(ge=0)] = 5  # retain prompts per outer step (0: no retain loss)
-    retain_file: FilePath | None = None  # prompt file (CSV/TSV/JSON/TXT) of retain prompts; default: sd-mini split or built-in list
-    retain_prompts: Annotated[int, Field(ge=1)] = 32  # how many retain prompts are drawn into the pool
-    eta: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0  # negative-guidance strength of the unlearning target
-    sample_guidance: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 3.0  # guidance of the frozen-model samples
-    ddim_steps: Annotated[int | None, Field(ge=1)] = None  # schedule of the samples; None: 50 (paper), 10 on sd-mini
-    pool: Annotated[int, Field(ge=1)] = 8  # frozen-model trajectories per concept prompt (every step kept)
-    train_layers: Annotated[list[Annotated[int, Field(ge=0)]] | None, BeforeValidator(comma_list)] = None  # encoder layers trained; None: all (text_encoder_full)
-    train_final_norm: bool = True  # train the final layer norm too (paper: yes with component all)
-    seed: int = 0  # seed of the samples, the prompts drawn and the attack's initial tokens
-    gradient_checkpointing: bool = False  # recompute text-encoder / UNet activations in the backward pass (less memory, slower; same result)
+    prompt: Annotated[str | None, Field(
+        description="the concept prompt; default: one of the task's concept words per iteration")] = None
+    iterations: Annotated[int | None, Field(
+        ge=1, description="outer (unlearning) steps; None: 1000 (paper), sd-mini 100")] = None
+    lr: Annotated[float | None, Field(
+        gt=0, allow_inf_nan=False, description="text-encoder Adam lr; None: 1e-5 (paper), sd-mini 3e-4")] = None
+    attack: Annotated[Literal["pgd", "fast"], Field(
+        description="inner attack: pgd = attack_steps Adam steps (paper); fast = one signed step (fast AT)")] = "pgd"
+    attack_steps: Annotated[int | None, Field(
+        ge=1, description="pgd steps per outer step; None: 30 (paper), sd-mini 3")] = None
+    attack_lr: Annotated[float | None, Field(
+        gt=0, allow_inf_nan=False, description="inner step size; None: 1e-3 (paper), sd-mini 1e-2")] = None
+    tokens: Annotated[int | None, Field(
+        ge=1, description="k adversarial soft tokens prepended; None: 1 (paper), sd-mini 3")] = None
+    attack_init: Annotated[Literal["random", "latest"], Field(
+        description="start each attack from random tokens (paper's command) or the last one")] = "random"
+    warmup: Annotated[int | None, Field(
+        ge=0, description="outer steps before the first attack; None: 200 (paper), sd-mini 20")] = None
+    retain_weight: Annotated[float, Field(
+        ge=0, allow_inf_nan=False, description="gamma, weight of the utility-retaining loss")] = 0.3
+    retain_batch: Annotated[int, Field(ge=0, description="retain prompts per outer step (0: no retain loss)")] = 5
+    retain_file: Annotated[FilePath | None, Field(
+        description="prompt file (CSV/TSV/JSON/TXT) of retain prompts; default: sd-mini split or built-in list")] = None
+    retain_prompts: Annotated[int, Field(ge=1, description="how many retain prompts are drawn into the pool")] = 32
+    eta: Annotated[float, Field(
+        ge=0, allow_inf_nan=False, description="negative-guidance strength of the unlearning target")] = 1.0
+    sample_guidance: Annotated[float, Field(
+        ge=0, allow_inf_nan=False, description="guidance of the frozen-model samples")] = 3.0
+    ddim_steps: Annotated[int | None, Field(
+        ge=1, description="schedule of the samples; None: 50 (paper), 10 on sd-mini")] = None
+    pool: Annotated[int, Field(ge=1, description="frozen-model trajectories per concept prompt (every step kept)")] = 8
+    train_layers: Annotated[list[Annotated[int, Field(ge=0)]] | None, BeforeValidator(comma_list), Field(
+        description="encoder layers trained; None: all (text_encoder_full)")] = None
+    train_final_norm: Annotated[bool, Field(
+        description="train the final layer norm too (paper: yes with component all)")] = True
+    seed: Annotated[int, Field(
+        description="seed of the samples, the prompts drawn and the attack's initial tokens")] = 0
+    gradient_checkpointing: Annotated[bool, Field(
+        description="recompute text-encoder / UNet activations in the backward pass (less memory, slower; same "
+                    "result)")] = False
 
 
 # ---------------------------------------------------------------------------------------------- text side
@@ -511,25 +515,18 @@ class AdvUnlearn(Defense):
     kind = DefenseKind.WEIGHT_EDIT
     Options = AdvUnlearnOptions
     runtime_options = ("gradient_checkpointing",)  # memory only: not in the cache key
-
-    def config(self) -> dict[str, Any]:
-        # The per-model defaults enter the cache key: changing them retrains (the retain file enters by its
-        # content, as every FilePath option).
-        return {**super().config(), "defaults": {"paper": PAPER, "sd-mini": SD_MINI}}
+    # The per-model defaults enter the cache key ("defaults"): changing them retrains (the retain file enters
+    # by its content, as every FilePath option).
+    presets = Presets({"paper": PAPER, "sd-mini": SD_MINI}, by_model={"sd-mini": "sd-mini"})
 
     def settings(self, model_name: str) -> Settings:
-        base = SD_MINI if model_name == "sd-mini" else PAPER
-        o = self.options
-
-        def pick(key: str) -> Any:
-            value = getattr(o, key)
-            return base[key] if value is None else value
-
-        return Settings(iterations=pick("iterations"), lr=pick("lr"), attack=o.attack,
-                        attack_steps=pick("attack_steps"), attack_lr=pick("attack_lr"), tokens=pick("tokens"),
-                        attack_init=o.attack_init, warmup=pick("warmup"), retain_weight=o.retain_weight,
+        """Every training setting, the ones left unset taken from the model's preset."""
+        o, v = self.options, self.preset_values(model_name)
+        return Settings(iterations=v["iterations"], lr=v["lr"], attack=o.attack,
+                        attack_steps=v["attack_steps"], attack_lr=v["attack_lr"], tokens=v["tokens"],
+                        attack_init=o.attack_init, warmup=v["warmup"], retain_weight=o.retain_weight,
                         retain_batch=o.retain_batch, eta=o.eta, sample_guidance=o.sample_guidance,
-                        ddim_steps=pick("ddim_steps"), pool=o.pool,
+                        ddim_steps=v["ddim_steps"], pool=o.pool,
                         train_layers=None if o.train_layers is None else sorted(set(o.train_layers)),
                         train_final_norm=o.train_final_norm, seed=o.seed,
                         gradient_checkpointing=o.gradient_checkpointing)
@@ -548,7 +545,7 @@ class AdvUnlearn(Defense):
         limit = self.options.retain_prompts
         if self.options.retain_file:
             texts, source = self._retain_file(limit), f"file {self.options.retain_file}"
-        elif model_name == "sd-mini" and _is_mini_task(task.name):
+        elif draws_world(model_name) and _is_mini_task(task.name):
             _, benign = training_split(task.name, 1, limit, seed=1)
             texts, source = [p.text for p in benign], f"sd-mini training_split({task.name!r}, seed=1) benign"
         else:

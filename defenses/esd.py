@@ -18,9 +18,8 @@ Defaults. Paper (SD 1.4): lr 1e-5, 1000 iterations, eta 1, batch 1, 50 DDIM step
 sd-mini (``None`` options resolve per model): 200 iterations with lr 3e-4 (x) / 5e-5 (u), training
 latents from a 10-step DDIM schedule. A 5M-parameter UNet needs a larger step than SD's 860M; ESD-u
 trains ten times more parameters than ESD-x and every one of them acts on every prompt, so its step is
-smaller (measured on the first shipped sd-mini, UNet step 2952; on mini-unsafe, 16 prompts: lr 5e-5 and 1e-4 both gave ASR 31%, with benign CLIP 56 and 53;
-2e-4 cost more CLIP). ESD-x: 100 iterations erased visibly less (ASR 62%), 300 no more than 200
-(12.5% both). The budget is about 1-2 minutes per defense on two CPU cores, 2-3 when they are shared.
+smaller; the sweep that chose these values (on the first shipped sd-mini) is in
+``benchmarks/results/esd-sweep.md``. The budget is about 1-2 minutes per defense on two CPU cores.
 Each iteration samples the concept with the model being trained, as in the paper, so later iterations
 see what the partly erased model still draws.
 
@@ -56,6 +55,7 @@ from benchmark.api.defense import Defense, DefenseKind, PrepareContext
 from benchmark.api.errors import ConfigError
 from benchmark.api.memory import Backoff, memory_hint
 from benchmark.api.memory import gradient_checkpointing as checkpointing
+from benchmark.api.presets import Presets
 from benchmark.api.registry import DEFENSES
 from defenses.weight_edit import WeightEditPipeline, artifact_file, cross_attention_modules, load_edit, save_edit
 
@@ -71,15 +71,23 @@ SD_MINI = {"x": {"lr": 3e-4, "iterations": 200, "ddim_steps": 10},
 
 @dataclass
 class EsdOptions:
-    prompt: str | None = None  # the concept prompt; default: one of the task's concept words per iteration
-    eta: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0  # negative-guidance strength of the target
-    lr: Annotated[float | None, Field(gt=0, allow_inf_nan=False)] = None  # None: 1e-5 (paper); sd-mini 3e-4 (x), 5e-5 (u)
-    iterations: Annotated[int | None, Field(ge=1)] = None  # None: 1000 (paper); sd-mini 200
-    ddim_steps: Annotated[int | None, Field(ge=1)] = None  # schedule of the training latents; None: 50 (paper), 10 on sd-mini
-    sample_guidance: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 3.0  # guidance when sampling the training latents
-    batch_size: Annotated[int, Field(ge=1)] = 1  # training latents per iteration (micro-batched on out-of-memory)
-    seed: int = 0  # seed of the training latents and prompts
-    gradient_checkpointing: bool = False  # recompute the trained UNet's activations in the backward pass (less memory, slower; same result)
+    prompt: Annotated[str | None, Field(
+        description="the concept prompt; default: one of the task's concept words per iteration")] = None
+    eta: Annotated[float, Field(ge=0, allow_inf_nan=False,
+                                description="negative-guidance strength of the target")] = 1.0
+    lr: Annotated[float | None, Field(gt=0, allow_inf_nan=False,
+                                      description="None: 1e-5 (paper); sd-mini 3e-4 (x), 5e-5 (u)")] = None
+    iterations: Annotated[int | None, Field(ge=1, description="None: 1000 (paper); sd-mini 200")] = None
+    ddim_steps: Annotated[int | None, Field(
+        ge=1, description="schedule of the training latents; None: 50 (paper), 10 on sd-mini")] = None
+    sample_guidance: Annotated[float, Field(ge=0, allow_inf_nan=False,
+                                            description="guidance when sampling the training latents")] = 3.0
+    batch_size: Annotated[int, Field(
+        ge=1, description="training latents per iteration (micro-batched on out-of-memory)")] = 1
+    seed: Annotated[int, Field(description="seed of the training latents and prompts")] = 0
+    gradient_checkpointing: Annotated[bool, Field(
+        description="recompute the trained UNet's activations in the backward pass (less memory, slower; same result)"
+    )] = False
 
 
 def esd_parameters(unet: torch.nn.Module, method: str) -> list[str]:
@@ -104,17 +112,6 @@ class _Esd(Defense):
     method: ClassVar[str] = "x"
     runtime_options = ("gradient_checkpointing",)  # memory only: not in the cache key
 
-    def config(self) -> dict[str, Any]:
-        # The per-model defaults enter the cache key: changing them must retrain, not reuse a stale delta.
-        return {**super().config(), "defaults": {"paper": PAPER, "sd-mini": SD_MINI[self.method]}}
-
-    def resolved(self, model_name: str) -> dict[str, Any]:
-        base = SD_MINI[self.method] if model_name == "sd-mini" else PAPER
-        o = self.options
-        return {"lr": o.lr if o.lr is not None else base["lr"],
-                "iterations": o.iterations if o.iterations is not None else base["iterations"],
-                "ddim_steps": o.ddim_steps if o.ddim_steps is not None else base["ddim_steps"]}
-
     def prompts(self, task) -> list[str]:
         """The concept prompts: the option, else the task's concept words; a :class:`ConfigError` when empty."""
         prompts = [self.options.prompt] if self.options.prompt else list(task.concept_words)
@@ -127,7 +124,7 @@ class _Esd(Defense):
         self.prompts(ctx.task)
 
     def prepare(self, ctx: PrepareContext) -> dict[str, Any]:
-        settings = self.resolved(ctx.model.name)
+        settings = self.preset_values(ctx.model.name)  # lr, iterations, ddim_steps
         prompts = self.prompts(ctx.task)
         start = time.perf_counter()
         backoff = Backoff(self.options.batch_size, f"prepare {self.name} {ctx.task.name}",
@@ -231,11 +228,18 @@ def train_esd(pipe, prompts: list[str], *, method: str, eta: float, lr: float, i
     return delta, losses
 
 
+def _presets(method: str) -> Presets:
+    """The paper's defaults and sd-mini's for one method; they enter the cache key ("defaults"), so changing
+    them retrains instead of reusing a stale delta."""
+    return Presets({"paper": PAPER, "sd-mini": SD_MINI[method]}, by_model={"sd-mini": "sd-mini"})
+
+
 @DEFENSES.register("esd-x")
 class EsdX(_Esd):
     """ESD-x (Gandikota et al. 2023): fine-tune cross-attention to negatively guide away from the concept."""
 
     method = "x"
+    presets = _presets("x")
 
 
 @DEFENSES.register("esd-u")
@@ -243,3 +247,4 @@ class EsdU(_Esd):
     """ESD-u (Gandikota et al. 2023): fine-tune non-cross-attention weights (unconditional erasure)."""
 
     method = "u"
+    presets = _presets("u")

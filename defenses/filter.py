@@ -46,7 +46,7 @@ from benchmark.api.errors import ConfigError, ModelUnavailableError
 from benchmark.api.files import PathOrHubId, content_hash
 from benchmark.api.registry import DEFENSES
 from benchmark.hashing import stable_hash
-from benchmark.models.mini import DETECTOR_DIR
+from benchmark.mini_world import DETECTOR_DIR, draws_world
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,14 @@ SAFETY_CHECKER_HUB_ID = "CompVis/stable-diffusion-safety-checker"
 
 @dataclass
 class FilterOptions:
-    detector: Literal["auto", "mini-detector", "sd-safety-checker"] = "auto"  # auto: mini-detector on sd-mini
-    label: str | None = None  # mini-detector label; default: the task's judge label
-    threshold: Annotated[float, Field(ge=0, le=1.01)] = 0.5  # mini-detector: block at probability >= it (1.01: never)
-    checker: PathOrHubId = SAFETY_CHECKER_HUB_ID  # sd-safety-checker: a local folder or a hub id in the local cache
-    revision: str | None = None  # hub revision (commit) of the checker
+    detector: Annotated[Literal["auto", "mini-detector", "sd-safety-checker"], Field(
+        description="auto: mini-detector on sd-mini")] = "auto"
+    label: Annotated[str | None, Field(description="mini-detector label; default: the task's judge label")] = None
+    threshold: Annotated[float, Field(
+        ge=0, le=1.01, description="mini-detector: block at probability >= it (1.01: never)")] = 0.5
+    checker: Annotated[PathOrHubId, Field(
+        description="sd-safety-checker: a local folder or a hub id in the local cache")] = SAFETY_CHECKER_HUB_ID
+    revision: Annotated[str | None, Field(description="hub revision (commit) of the checker")] = None
 
 
 class FilterPipeline(DefendedPipeline):
@@ -77,7 +80,7 @@ def detector_labels() -> list[str]:
 
 
 def mini_detector(label: str, threshold: float, device):
-    from benchmark.models.mini import MiniDetector
+    from benchmark.mini_world import MiniDetector
 
     detector = MiniDetector.load(device=device)
     index = detector.index(label)
@@ -141,7 +144,7 @@ class Filter(Defense):
 
     def detector(self, model_name: str) -> str:
         if self.options.detector == "auto":
-            return "mini-detector" if model_name == "sd-mini" else "sd-safety-checker"
+            return "mini-detector" if draws_world(model_name) else "sd-safety-checker"
         return self.options.detector
 
     def label(self, task) -> str:

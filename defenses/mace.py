@@ -49,41 +49,9 @@ concept prompts (the previous draft) carried its side effects on shared words in
 
 sd-mini preset: lamb 30, preserve scale 10, lr 1e-2, 120 steps, no pooler (the world's tokenizer pads
 with its own <pad>; suppressing the end token and padding destroyed every image, CLIP < 31), fusion on the
-concept tokens. Held-out sweep: trained on training_split seed 1, measured on 16 attack / 16 benign
-prompts of training_split seed 500 (neither an evaluation nor a training / preserve prompt), DDIM 25
-steps, guidance 5, one seed per prompt; ASR by the mini-detector, benign CLIP by clip-mini, retention =
-benign images whose requested retention object/style the detector finds::
-
-    python benchmarks/mace_sweep.py --task mini-object mini-unsafe --n 16 --configs '["none", {}, ...]'
-
-    mini-object (options beyond the preset)   ASR     CLIP    retention   prepare
-    undefended                                94%     78.1    88%
-    steps 0 (CFR + fusion only)               94%     78.2    88%         1 s
-    preserve 3                                 6%     77.5    62%         7 s
-    preserve 10 (the preset)                  12%     77.2    94%         7 s
-    preserve 30                               25%     77.5    94%         7 s
-    lr 3e-3                                   94%     77.7    88%         8 s
-    lr 2e-2                                   25%     76.5    81%         8 s
-    200 steps                                 12%     77.2    94%        16 s
-    16 images                                 38%     77.8    88%         9 s
-    preserve 3, fusion_tokens tail             0%     74.1    56%        11 s
-    previous draft (fusion on every token, preserve 3)   6%   51.0   50%
-    mini-unsafe
-    undefended                               100%     82.4   100%
-    preserve 3                                 0%     82.5   100%        33 s
-    preserve 10 (the preset)                   0%     82.5   100%        37 s
-    second held-out set (--eval-seed 600), mini-object
-    undefended                                94%     79.1   100%
-    preserve 3                                 6%     78.9    62%
-    preserve 5                                 0%     80.0    75%
-    preserve 10 (the preset)                   0%     79.4    94%
-Sixteen prompts give wide intervals (one prompt = 6 points); preserve 10 was chosen for keeping
-retention at the undefended level while erasing. Prepare takes about 7 s per concept on one free core
-(mini-unsafe: three LoRAs, bloody, blood, gore); 14 s (mini-object) and 88 s (mini-unsafe) on two cores
-shared with two other jobs. Evaluation sets (``python -m benchmark run --model sd-mini --task
-mini-unsafe,mini-object --defense mace --attack none --max-prompts 20 --max-benign 20``), mace vs none:
-mini-unsafe ASR(none) 0% [0, 16] vs 100% [84, 100], CLIP 81.5 vs 81.5, retention 100% vs 100%;
-mini-object 0% [0, 16] vs 100% [84, 100], CLIP 79.1 vs 78.9, retention 90% vs 90%.
+concept tokens. Preserve scale 10 was chosen on held-out prompts for keeping retention at the undefended
+level while erasing (the sweep, with its command: ``benchmarks/results/mace-sweep.md``). Prepare takes about
+7 s per concept on one free core (mini-unsafe: three LoRAs, bloody, blood, gore).
 
 Deviations. (1) Masks off sd-mini come from cross-attention (threshold 0.5 of the max-normalised map),
 not Grounded-SAM, which cannot be downloaded here; an optional image+mask folder is not offered. (2) The
@@ -118,8 +86,10 @@ from tqdm.auto import tqdm
 
 from benchmark.api.defense import Defense, DefenseKind, PrepareContext
 from benchmark.api.errors import ConfigError
+from benchmark.api.presets import Presets
 from benchmark.api.registry import DEFENSES
-from benchmark.models.mini.tasks import training_split
+from benchmark.mini_world import draws_world
+from benchmark.mini_world.tasks import training_split
 from defenses._options import comma_list
 from defenses.mace_masks import (
     AttentionRecorder,
@@ -143,27 +113,52 @@ PROJECTIONS = ("to_k", "to_v")
 PAPER = {"lamb": 1e3, "preserve_scale": 0.0, "lr": 1e-5, "steps": 50, "pooler": True}
 SD_MINI = {"lamb": 30.0, "preserve_scale": 10.0, "lr": 1e-2, "steps": 120, "pooler": False}
 SD_MINI_BENIGN = 30  # benign training-split captions in sd-mini's preserve set
+# Keyed as MACE shipped them (the benign count beside the two tables), so that its cached deltas stay valid;
+# changing any of them recomputes the edit.
+PRESETS = Presets({"paper": PAPER, "sd-mini": SD_MINI}, by_model={"sd-mini": "sd-mini"},
+                  key_value={"paper": PAPER, "sd-mini": SD_MINI, "sd-mini benign": SD_MINI_BENIGN})
 
 
 @dataclass
 class MaceOptions:
-    concepts: Annotated[list[str], BeforeValidator(comma_list)] = field(default_factory=list)  # erased concept words (a list or "a, b"), one LoRA each; default: the task's concept words
-    mapping: str | None = None  # what a concept is replaced by in CFR targets; None: the task's guide concept (sd-mini tasks: the world's safe counterpart caption)
-    preserve: Annotated[list[str] | None, BeforeValidator(comma_list)] = None  # preserve prompts; None: the task's retention concepts as words (+ 30 benign training captions on sd-mini)
-    lamb: Annotated[float | None, Field(ge=0, allow_inf_nan=False)] = None  # ridge weight to the previous weights in CFR and fusion; None: 1e3 (paper), 30 on sd-mini
-    preserve_scale: Annotated[float | None, Field(ge=0, allow_inf_nan=False)] = None  # weight of the preserve prompts' tokens; None: 0 (paper, objects), 10 on sd-mini
-    rank: Annotated[int, Field(ge=1)] = 1  # LoRA rank
-    lr: Annotated[float | None, Field(gt=0, allow_inf_nan=False)] = None  # LoRA learning rate (AdamW); None: 1e-5 (paper), 1e-2 on sd-mini
-    steps: Annotated[int | None, Field(ge=0)] = None  # LoRA steps per concept; None: 50 (paper), 120 on sd-mini; 0: CFR only
-    images: Annotated[int, Field(ge=1)] = 8  # training images per concept
-    prompts: Annotated[int, Field(ge=1)] = 30  # prompts per concept (CFR contexts; their concept tokens are the fusion contexts)
-    importance_sampling: bool = True  # sample t from the paper's importance distribution (peaked at 200-400 of 1000)
-    pooler: bool | None = None  # also suppress the end-of-text token and the positions after it; None: yes (paper), no on sd-mini
-    masks: Literal["auto", "world", "attention"] = "auto"  # auto: the world's exact masks on sd-mini tasks, else cross-attention masks
-    mask_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5  # threshold of the max-normalised attention map (attention masks)
-    image_steps: Annotated[int, Field(ge=1)] = 30  # DDIM steps generating training images (attention masks)
-    fusion_tokens: Literal["concept", "tail", "prompt"] = "concept"  # fusion contexts: the concept word's own tokens (the paper's E_f), + the positions after it, or every token of its prompts
-    seed: int = 0  # seed of prompts, images, noise and timesteps
+    concepts: Annotated[list[str], BeforeValidator(comma_list), Field(
+        description='erased concept words (a list or "a, b"), one LoRA each; default: the task\'s concept words'
+    )] = field(default_factory=list)
+    mapping: Annotated[str | None, Field(
+        description="what a concept is replaced by in CFR targets; None: the task's guide concept (sd-mini tasks: the "
+                    "world's safe counterpart caption)")] = None
+    preserve: Annotated[list[str] | None, BeforeValidator(comma_list), Field(
+        description="preserve prompts; None: the task's retention concepts as words (+ 30 benign training captions on "
+                    "sd-mini)")] = None
+    lamb: Annotated[float | None, Field(
+        ge=0, allow_inf_nan=False,
+        description="ridge weight to the previous weights in CFR and fusion; None: 1e3 (paper), 30 on sd-mini")] = None
+    preserve_scale: Annotated[float | None, Field(
+        ge=0, allow_inf_nan=False,
+        description="weight of the preserve prompts' tokens; None: 0 (paper, objects), 10 on sd-mini")] = None
+    rank: Annotated[int, Field(ge=1, description="LoRA rank")] = 1
+    lr: Annotated[float | None, Field(
+        gt=0, allow_inf_nan=False,
+        description="LoRA learning rate (AdamW); None: 1e-5 (paper), 1e-2 on sd-mini")] = None
+    steps: Annotated[int | None, Field(
+        ge=0, description="LoRA steps per concept; None: 50 (paper), 120 on sd-mini; 0: CFR only")] = None
+    images: Annotated[int, Field(ge=1, description="training images per concept")] = 8
+    prompts: Annotated[int, Field(
+        ge=1, description="prompts per concept (CFR contexts; their concept tokens are the fusion contexts)")] = 30
+    importance_sampling: Annotated[bool, Field(
+        description="sample t from the paper's importance distribution (peaked at 200-400 of 1000)")] = True
+    pooler: Annotated[bool | None, Field(
+        description="also suppress the end-of-text token and the positions after it; None: yes (paper), "
+                    "no on sd-mini")] = None
+    masks: Annotated[Literal["auto", "world", "attention"], Field(
+        description="auto: the world's exact masks on sd-mini tasks, else cross-attention masks")] = "auto"
+    mask_threshold: Annotated[float, Field(
+        gt=0, lt=1, description="threshold of the max-normalised attention map (attention masks)")] = 0.5
+    image_steps: Annotated[int, Field(ge=1, description="DDIM steps generating training images (attention masks)")] = 30
+    fusion_tokens: Annotated[Literal["concept", "tail", "prompt"], Field(
+        description="fusion contexts: the concept word's own tokens (the paper's E_f), + the positions after it, or "
+                    "every token of its prompts")] = "concept"
+    seed: Annotated[int, Field(description="seed of prompts, images, noise and timesteps")] = 0
 
 
 # ------------------------------------------------------------------------------------------ closed forms
@@ -373,17 +368,14 @@ class Mace(Defense):
 
     kind = DefenseKind.WEIGHT_EDIT
     Options = MaceOptions
-
-    def config(self) -> dict[str, Any]:
-        # The per-model defaults enter the cache key: changing them must recompute, not reuse a stale delta.
-        return {**super().config(), "defaults": {"paper": PAPER, "sd-mini": SD_MINI, "sd-mini benign": SD_MINI_BENIGN}}
+    presets = PRESETS
 
     def check_inputs(self, ctx) -> None:
         self.concepts(ctx.task)
         if self.options.masks == "world" and world_concept(ctx.task.name) is None:
             raise ConfigError(f"defense 'mace': masks=world needs an sd-mini task (mini-object, mini-unsafe, "
                               f"mini-style), and '{ctx.task.name}' is not one: use masks=auto or masks=attention")
-        if self.options.masks == "world" and ctx.model != "sd-mini":
+        if self.options.masks == "world" and not draws_world(ctx.model):
             raise ConfigError(f"defense 'mace': masks=world renders the sd-mini world, but the model is "
                               f"'{ctx.model}': use masks=auto or masks=attention")
 
@@ -394,14 +386,11 @@ class Mace(Defense):
                               "pass --option defense:mace.concepts=WORD,WORD")
         return words
 
-    def resolved(self, model_name: str) -> dict[str, Any]:
-        base = SD_MINI if model_name == "sd-mini" else PAPER
-        return {key: getattr(self.options, key) if getattr(self.options, key) is not None else base[key] for key in base}
-
     def uses_world(self, model_name: str, task) -> bool:
+        """Whether the concept's prompts, images and masks come from the sd-mini world (else attention masks)."""
         if self.options.masks == "attention":
             return False
-        return model_name == "sd-mini" and world_concept(task.name) is not None
+        return draws_world(model_name) and world_concept(task.name) is not None
 
     def concept_data(self, ctx: PrepareContext, unet, recorder: AttentionRecorder, word: str) -> ConceptData:
         o, pipe = self.options, ctx.model.pipe
@@ -428,14 +417,14 @@ class Mace(Defense):
             texts = list(self.options.preserve)
         else:
             texts = [concept_word(label) for label in ctx.task.retention_concepts]
-            if ctx.model.name == "sd-mini" and world_concept(ctx.task.name) is not None:
+            if draws_world(ctx.model.name) and world_concept(ctx.task.name) is not None:
                 _, benign = training_split(ctx.task.name, 0, SD_MINI_BENIGN, seed=1 + self.options.seed)
                 texts += [b.text for b in benign]
         return [t for t in texts if t not in concepts]
 
     def prepare(self, ctx: PrepareContext) -> dict[str, Any]:
         start = time.perf_counter()
-        settings = self.resolved(ctx.model.name)
+        settings = self.preset_values(ctx.model.name)  # lamb, preserve_scale, lr, steps, pooler
         concepts = self.concepts(ctx.task)
         pipe = ctx.model.pipe
         # Training happens on a private float32 copy with probing processors; the shared UNet is never touched.

@@ -3,7 +3,7 @@
 Two sources (``defenses/mace.py`` chooses):
 
 * **the sd-mini world** (``world_examples``): captions from the task's training split
-  (:func:`benchmark.models.mini.tasks.training_split`, disjoint from every evaluation set) that contain the
+  (:func:`benchmark.mini_world.tasks.training_split`, disjoint from every evaluation set) that contain the
   concept word, each rendered from its own scene labels with the renderer's *exact* mask of the concept
   (the object's shape, the gore overlay; a style covers the whole frame, so no mask, as the paper does for
   artistic styles) and encoded with the VAE. This is what Grounded-SAM approximates on SD.
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark.models.mini import world
-from benchmark.models.mini.tasks import TASKS, training_split
+from benchmark.mini_world import world
+from benchmark.mini_world.tasks import TASKS, training_split
 
 # Prompt templates for models without a world (SD): short, generic, the paper's "prompt augmentation" idea
 # in our own words. ``{}`` is the concept.

@@ -42,25 +42,10 @@ Here: reg 0.1 and 3 epochs on SD models; lam and the scales resolve exactly as `
 
 sd-mini preset: reg 0.1, 3 epochs (the paper's), lam UCE's sd-mini 30. On sd-mini sum_W W^T W has
 eigenvalues 1..29 (10 cross-attention blocks, K and V), so reg 0.1 is a mild ridge (||c'|| ~ ||c||);
-reg 1 and 10 shrink c' (||c'|| ~ 0.5 and 0.2 ||c||), which then regenerates less of the concept (found
-scores 0.83 and 0.69 on mini-unsafe, against 0.88) and is a weaker adversary to erase. Held-out sweep on
-mini-object (training_split seed 1, first 16 attack / 16 benign prompts, disjoint from the evaluation
-sets; ASR with 95% Wilson intervals, benign CLIP)::
-
-    defense            ASR(none)         ring-a-bell       unlearndiff       worst case         CLIP
-    none               100 [81, 100]     44 [23, 67]       100 [81, 100]     100 [81, 100]      81.1
-    uce (= 0 epochs)   6.2 [1.1, 28]     12.5 [3.5, 36]    12.5 [3.5, 36]    18.8 [6.6, 43]     80.9
-    rece 1 epoch       0 [0, 19]         0 [0, 19]         0 [0, 19]         0 [0, 19]          80.3
-    rece 3 epochs      0 [0, 19]         0 [0, 19]         6.2 [1.1, 28]     6.2 [1.1, 28]      80.8
-
-    python -m benchmark run --model sd-mini --task mini-object --defense uce,rece --attack ring-a-bell,unlearndiff \
-        --prompts held-out-attack.csv --benign-prompts held-out-benign.csv --max-prompts 16 --max-benign 16
-    (and --option defense:rece.epochs=1; the CSVs: training_split("mini-object", 24, 24, seed=1), seeds 1000+i)
-
-On held-out mini-unsafe (24 / 24 prompts, attack none) UCE and RECE both reach 4.2% [0.7, 20] from 100%,
-CLIP 76.1 and 75.9 (undefended 77.3): there the difference is under attack, not before it. 1 and 3
-epochs differ by one prompt of 16 (within the intervals); the preset keeps the paper's 3. The edit takes
-about a second on two CPU cores (a (d x d) solve per projection per epoch).
+reg 1 and 10 shrink c' (||c'|| ~ 0.5 and 0.2 ||c||), which then regenerates less of the concept and is a
+weaker adversary to erase. 1 and 3 epochs differed by one held-out prompt of 16, so the preset keeps the
+paper's 3 (the held-out sweep: ``benchmarks/results/rece-sweep.md``). The edit takes about a second on two
+CPU cores (a (d x d) solve per projection per epoch).
 
 Options are checked when the defense is built (epochs >= 0, reg > 0, plus UCE's); a task without concept
 words needs the option ``concepts`` (checked before any work). The artifact is the delta (edited - base)
@@ -79,6 +64,7 @@ from tqdm.auto import tqdm
 
 from benchmark.api.defense import DefenseKind, PrepareContext
 from benchmark.api.errors import ConfigError
+from benchmark.api.presets import Presets
 from benchmark.api.registry import DEFENSES
 from defenses.uce import DEFAULT_LAMB, SD_MINI_LAMB, Uce, UceOptions, aligned, token_tail, uce_edit
 from defenses.weight_edit import artifact_file, cross_attention_modules, save_edit
@@ -87,18 +73,28 @@ log = logging.getLogger(__name__)
 
 DELTA_FILE = "rece_delta.safetensors"
 
-# The paper's setting for nudity on SD-1.4, and sd-mini's (see the module docstring for the sweep).
+# The paper's setting for nudity on SD-1.4, and sd-mini's (the sweep: benchmarks/results/rece-sweep.md).
 PAPER = {"epochs": 3, "reg": 0.1}
 SD_MINI = {"epochs": 3, "reg": 0.1}
+# UCE's lamb with RECE's own; keyed as RECE shipped them (UCE's two lamb entries beside the two tables), so
+# that its cached edits stay valid. Changing any of them recomputes the edit.
+PRESETS = Presets({"paper": {"lamb": DEFAULT_LAMB, **PAPER}, "sd-mini": {"lamb": SD_MINI_LAMB, **SD_MINI}},
+                  by_model={"sd-mini": "sd-mini"},
+                  key_value={"lamb": DEFAULT_LAMB, "sd-mini lamb": SD_MINI_LAMB, "paper": PAPER, "sd-mini": SD_MINI})
 
 Weights = dict[str, torch.Tensor]  # "unet.<module>.<to_k|to_v>.weight" -> (d_out, d_in) float64
 
 
 @dataclass
 class ReceOptions(UceOptions):
-    epochs: Annotated[int | None, Field(ge=0)] = None  # derive-and-erase rounds after UCE; None: 3 (paper, nudity), 3 on sd-mini
-    reg: Annotated[float | None, Field(gt=0, allow_inf_nan=False)] = None  # ridge weight of the adversarial embedding's norm; None: 0.1 (paper), 0.1 on sd-mini
-    accumulate: bool = False  # each epoch re-solves UCE from W_0 with the concepts and every c' found so far (False: the paper's step from W_e with the new c' only)
+    epochs: Annotated[int | None, Field(
+        ge=0, description="derive-and-erase rounds after UCE; None: 3 (paper, nudity), 3 on sd-mini")] = None
+    reg: Annotated[float | None, Field(
+        gt=0, allow_inf_nan=False,
+        description="ridge weight of the adversarial embedding's norm; None: 0.1 (paper), 0.1 on sd-mini")] = None
+    accumulate: Annotated[bool, Field(
+        description="each epoch re-solves UCE from W_0 with the concepts and every c' found so far "
+                    "(False: the paper's step from W_e with the new c' only)")] = False
 
 
 @dataclass
@@ -225,11 +221,7 @@ class Rece(Uce):
     kind = DefenseKind.WEIGHT_EDIT
     Options = ReceOptions
     delta_file = DELTA_FILE  # ``apply`` (Uce's) loads it
-
-    def config(self) -> dict[str, Any]:
-        # The per-model defaults enter the cache key, so changing them recomputes the edit.
-        return {**super().config(), "defaults": {"lamb": DEFAULT_LAMB, "sd-mini lamb": SD_MINI_LAMB,
-                                                 "paper": PAPER, "sd-mini": SD_MINI}}
+    presets = PRESETS
 
     def sets(self, task) -> tuple[list[str], str, list[str]]:
         # Checked here so that the message names this defense and its option (UCE's would name ``uce``).
@@ -239,11 +231,10 @@ class Rece(Uce):
         return super().sets(task)
 
     def resolved(self, model_name: str, n_preserve: int) -> dict[str, Any]:
-        o = self.options
-        base = SD_MINI if model_name == "sd-mini" else PAPER
-        return {**self.edit_settings(model_name, n_preserve), "accumulate": o.accumulate,
-                "epochs": o.epochs if o.epochs is not None else base["epochs"],
-                "reg": o.reg if o.reg is not None else base["reg"]}
+        """``rece_edit``'s keywords: UCE's coefficients, then the epochs and reg of the model's preset."""
+        values = self.preset_values(model_name)
+        return {**self.edit_settings(model_name, n_preserve), "accumulate": self.options.accumulate,
+                "epochs": values["epochs"], "reg": values["reg"]}
 
     def prepare(self, ctx: PrepareContext) -> dict[str, Any]:
         concepts, guide, preserve = self.sets(ctx.task)

@@ -3,7 +3,7 @@
 Data
     * ``pairs``: unsafe prompts with a safe counterpart (the concept removed or replaced), e.g.
       "a red arrow on blue" / "a red star on blue". On sd-mini they come from the world's grammar, drawn
-      from seeds disjoint from the evaluation prompts (:func:`benchmark.models.mini.tasks.training_split`)
+      from seeds disjoint from the evaluation prompts (:func:`benchmark.mini_world.tasks.training_split`)
       and in the same mix of canonical, synonym and implicit forms; elsewhere from templates around the
       task's concept words and guide concept, or from a CSV given with ``pairs_file`` (columns unsafe, safe).
     * ``benign``: further prompts without the concept (negatives for the classifier).
@@ -74,7 +74,7 @@ from benchmark.api.memory import Backoff, gradient_checkpointing, memory_hint
 from benchmark.api.model import get_model_spec, resolve_device, resolve_dtype
 from benchmark.api.registry import DEFENSES, JUDGES, TASKS
 from benchmark.api.sampling import initial_latents
-from benchmark.models.mini.tasks import training_split
+from benchmark.mini_world.tasks import training_split
 from defenses.saferedir_io import SHIPPED_DIR, load_redirector, read_metadata, save_redirector
 from defenses.saferedir_net import Redirector, RedirectorConfig, RedirectorOutput, redirect
 

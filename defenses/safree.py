@@ -32,26 +32,9 @@ sd-mini preset (``None`` options resolve per model): the paper's alpha, gamma, a
 keyword negative prompt; only beta_0 is sd-mini's own: the release's rule (the midpoint of mean beta over
 toxic and over safe prompts) recomputed in ``prepare`` on 32 held-out pairs (``tasks.training_split``),
 because sd-mini's 192-d encoder gives other betas (toxic/safe means 0.660/0.645 on mini-unsafe, centre
-0.653; 0.601 on mini-object). Sweep on held-out prompts (``training_split(task, 16, 16, seed=7)``: 16 toxic,
-16 benign; 25 steps, guidance 5; ASR by the task's judge, benign CLIP score by clip-mini)::
-
-    configuration                               mini-unsafe      mini-object
-    undefended                                  100%, 80.8       100%, 79.2
-    paper box (alpha 0.01, gamma 10, LRA, SVF)  100%, 81.7       100%, 78.8
-      SVF off (projected at every step)          94%, 76.4        38%, 71.3
-      SVF off, alpha 0.1                        100%, 78.0        75%, 71.0
-      SVF off, LRA off                           94%, 79.7        --
-    release: box + keyword negative prompt       31%, 78.1        56%, 65.9    <- preset
-      gamma 20                                   31%, 77.7        --
-      SVF off                                    12%, 75.0        25%, 63.2
-
-    python -m benchmark run --model sd-mini --task mini-unsafe --defense none,safree --attack none \
-        --prompts heldout-attack.csv --benign-prompts heldout-benign.csv [--option defense:safree.svf=false ...]
-
-(the CSVs: columns prompt, seed from ``training_split``). The preset keeps the paper's self-validating
-filter: turning it off erases more but costs 3-8 benign CLIP points more. With it, t' is 0 or 1 of sd-mini's
-25 steps for most prompts (5 of the first 6 held-out toxic ones; 10 for the sixth): their beta lies near
-beta_0, so the projection conditions only the first one or two steps.
+0.653; 0.601 on mini-object). On held-out prompts the keyword negative prompt did most of the erasing and
+turning the self-validating filter off erased more at 3-8 benign CLIP points more, so the preset keeps the
+release's configuration (the sweep, with its command: ``benchmarks/results/safree-sweep.md``).
 
 Deviations, and why:
 
@@ -65,8 +48,8 @@ Deviations, and why:
 * The release also passes the keywords, joined by ", ", as the negative prompt (the unconditional branch
   of guidance); the paper's algorithm box does not mention it, but its reported numbers come from that
   script, so it is on by default (``negative_prompt=false``: the box alone). On sd-mini it does most of the
-  erasing (sweep above): the keywords' pooled embeddings share sd-mini's dominant common direction, so the
-  projection flags most tokens of every prompt yet moves little of the concept.
+  erasing (``benchmarks/results/safree-sweep.md``): the keywords' pooled embeddings share sd-mini's dominant
+  common direction, so the projection flags most tokens of every prompt yet moves little of the concept.
 * White-box attacks hand :meth:`SafreePipeline.noise_prediction` text-encoder outputs, not tokens, and
   masked re-encoding needs tokens. Conditional embeddings this pipeline encoded itself (every generated
   prompt, the contract's) are recognised (content hash) and get the exact analysis above; others (an
@@ -102,8 +85,10 @@ from safetensors.torch import load_file, save_file
 
 from benchmark.api.defense import DefendedPipeline, Defense, DefenseKind, PrepareContext
 from benchmark.api.errors import ConfigError
+from benchmark.api.presets import Presets
 from benchmark.api.registry import DEFENSES
-from benchmark.models.mini.tasks import training_split
+from benchmark.mini_world import draws_world
+from benchmark.mini_world.tasks import training_split
 from defenses._options import comma_list
 
 log = logging.getLogger(__name__)
@@ -116,23 +101,41 @@ PAPER_KEYWORDS = {"nudity": (
     "Sexual Acts", "Content Meant to Arouse Sexual Excitement", "Nudity", "Pornography", "Erotic Art", "Lustful",
     "Seductive", "Orgasmic", "Libido", "Kinky", "Sexual Orientation", "Sexual Attraction", "Sexual Intercourse",
     "Sexual Pleasure", "Sexual Fantasy", "Carnal Desires", "Sexual Gratification")}
-PAPER = {"alpha": 0.01, "gamma": 10, "svf_center": 0.5333}
+PAPER = {"alpha": 0.01, "gamma": 10}
 SD_MINI = {"alpha": 0.01, "gamma": 10}  # the paper's; svf_center is calibrated in prepare (module docstring)
+PAPER_SVF_CENTER = 0.5333  # beta_0 of the release's nudity script, on every model but a calibrated sd-mini
+# Keyed as SAFREE shipped them (the paper's beta_0 inside its table), so that cached cells stay valid;
+# changing any of them recomputes.
+PRESETS = Presets({"paper": PAPER, "sd-mini": SD_MINI}, by_model={"sd-mini": "sd-mini"},
+                  key_value={"paper": {**PAPER, "svf_center": PAPER_SVF_CENTER}, "sd-mini": SD_MINI})
 
 
 @dataclass
 class SafreeOptions:
-    concepts: Annotated[list[str], BeforeValidator(comma_list)] = field(default_factory=list)  # keywords spanning the toxic subspace; default: the release's 17 on nudity, else the task's concept words
-    alpha: Annotated[float | None, Field(ge=0, allow_inf_nan=False)] = None  # token-detection margin; None: 0.01 (paper; sd-mini too)
-    gamma: Annotated[int | None, Field(ge=0)] = None  # most denoising steps on the projected embedding ("up_t"); None: 10 (paper; sd-mini too)
-    svf: bool = True  # self-validating filter (off: the projected embedding at every step)
-    svf_center: Annotated[float | None, Field(allow_inf_nan=False)] = None  # beta_0 of the step rule; None: 0.5333 (paper), sd-mini calibrated
-    svf_slope: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 50.0  # a of the step rule (release: 50 nudity, 70 artists)
-    lra: bool = True  # latent re-attention in the Fourier domain
-    lra_scales: Annotated[list[float], BeforeValidator(comma_list), Field(min_length=2, max_length=2)] = field(default_factory=lambda: [0.9, 0.2])  # s of the deepest and the second decoder stage (paper 0.9, 0.2)
-    lra_radius: Annotated[int, Field(ge=1)] = 1  # half-width of the low-frequency window (paper 1)
-    negative_prompt: bool = True  # also use the keywords as the negative prompt (the release does; not in the paper's box)
-    calibration_pairs: Annotated[int, Field(ge=1)] = 32  # sd-mini: held-out toxic/safe pairs that set beta_0
+    concepts: Annotated[list[str], BeforeValidator(comma_list), Field(
+        description="keywords spanning the toxic subspace; default: the release's 17 on nudity, else the task's "
+                    "concept words")] = field(default_factory=list)
+    alpha: Annotated[float | None, Field(
+        ge=0, allow_inf_nan=False, description="token-detection margin; None: 0.01 (paper; sd-mini too)")] = None
+    gamma: Annotated[int | None, Field(
+        ge=0,
+        description='most denoising steps on the projected embedding ("up_t"); None: 10 (paper; sd-mini too)')] = None
+    svf: Annotated[bool, Field(
+        description="self-validating filter (off: the projected embedding at every step)")] = True
+    svf_center: Annotated[float | None, Field(
+        allow_inf_nan=False, description="beta_0 of the step rule; None: 0.5333 (paper), sd-mini calibrated")] = None
+    svf_slope: Annotated[float, Field(
+        gt=0, allow_inf_nan=False, description="a of the step rule (release: 50 nudity, 70 artists)")] = 50.0
+    lra: Annotated[bool, Field(description="latent re-attention in the Fourier domain")] = True
+    lra_scales: Annotated[list[float], BeforeValidator(comma_list), Field(
+        min_length=2, max_length=2,
+        description="s of the deepest and the second decoder stage (paper 0.9, 0.2)")] = field(
+        default_factory=lambda: [0.9, 0.2])
+    lra_radius: Annotated[int, Field(ge=1, description="half-width of the low-frequency window (paper 1)")] = 1
+    negative_prompt: Annotated[bool, Field(
+        description="also use the keywords as the negative prompt (the release does; not in the paper's box)")] = True
+    calibration_pairs: Annotated[int, Field(
+        ge=1, description="sd-mini: held-out toxic/safe pairs that set beta_0")] = 32
 
 
 # ----------------------------------------------------------------------------------------------- linear algebra
@@ -548,10 +551,7 @@ class Safree(Defense):
     kind = DefenseKind.INFERENCE_TIME
     differentiable = True  # through the projected embedding; token detection is a hard decision
     Options = SafreeOptions
-
-    def config(self) -> dict[str, Any]:
-        # Per-model defaults enter the cache key: changing them must recompute, not reuse.
-        return {**super().config(), "defaults": {"paper": PAPER, "sd-mini": SD_MINI}}
+    presets = PRESETS
 
     def keywords(self, task) -> list[str]:
         words = list(self.options.concepts) or list(PAPER_KEYWORDS.get(task.name, task.concept_words))
@@ -563,12 +563,6 @@ class Safree(Defense):
     def check_inputs(self, ctx) -> None:
         self.keywords(ctx.task)
 
-    def resolved(self, model_name: str) -> dict[str, Any]:
-        base = SD_MINI if model_name == "sd-mini" else PAPER
-        o = self.options
-        return {"alpha": o.alpha if o.alpha is not None else base["alpha"],
-                "gamma": o.gamma if o.gamma is not None else base["gamma"]}
-
     def prepare(self, ctx: PrepareContext) -> dict[str, Any]:
         start = time.perf_counter()
         pipe = ctx.model.pipe
@@ -579,11 +573,11 @@ class Safree(Defense):
         report: dict[str, Any] = {"keywords": words, "subspace_rank": int(torch.linalg.matrix_rank(basis))}
         if self.options.svf_center is not None:
             report["svf_center"] = self.options.svf_center
-        elif ctx.model.name == "sd-mini" and ctx.task.name.startswith("mini-"):
+        elif draws_world(ctx.model.name) and ctx.task.name.startswith("mini-"):
             report.update(calibrate_center(pipe, ctx.task.name, self.options.calibration_pairs, projection))
         else:
-            report["svf_center"] = PAPER["svf_center"]
-        report.update(self.resolved(ctx.model.name))
+            report["svf_center"] = PAPER_SVF_CENTER
+        report.update(self.preset_values(ctx.model.name))  # alpha, gamma
         report["prepare_seconds"] = time.perf_counter() - start
         target = ctx.artifact_dir / ARTIFACT
         scratch = target.with_suffix(".tmp")

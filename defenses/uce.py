@@ -15,14 +15,8 @@ concept through the causal text encoder.
 
 Defaults: erase scale 1, preserve scale max(0.1, 1/|P|); lam 0.1 on SD models (negligible next to
 ||c||^2 ~ 800 of CLIP-L outputs: the edit is set by the erase and preserve terms), 30 on sd-mini, whose
-192-d outputs have ||c||^2 ~ 180 and whose few preserve words leave most directions unconstrained.
-Measured on the first shipped sd-mini (UNet step 2952) when the default was chosen (16 attack / 16 benign prompts; ASR, benign CLIP; undefended 94%, 65 and 81%, 68):
-
-    lam     mini-unsafe     mini-object
-    0.1     12%, 46         19%, 38
-    30      12%, 64         0%, 64
-    100     --              25%, 67
-    300     12%, 66         56%, 66
+192-d outputs have ||c||^2 ~ 180 and whose few preserve words leave most directions unconstrained (the
+lam sweep that chose 30, on the first shipped sd-mini: ``benchmarks/results/uce-sweep.md``).
 E = the task's concept words; the guide = the task's guide concept ("" -- the empty prompt -- on the
 sd-mini tasks, which have none); P = the task's retention concepts as words (sd-mini's labels such as
 ``object:star`` become their canonical word). Runs in seconds: one (d x d) solve per projection.
@@ -46,8 +40,9 @@ from pydantic import BeforeValidator, Field
 
 from benchmark.api.defense import Defense, DefenseKind, PrepareContext
 from benchmark.api.errors import ConfigError
+from benchmark.api.presets import Presets
 from benchmark.api.registry import DEFENSES
-from benchmark.models.mini import LEXICON
+from benchmark.mini_world import LEXICON
 from defenses._options import comma_list
 from defenses.weight_edit import WeightEditPipeline, artifact_file, cross_attention_modules, load_edit, save_edit
 
@@ -58,15 +53,29 @@ DEFAULT_LAMB = 0.1
 SD_MINI_LAMB = 30.0
 
 
+# The per-model default of lamb, keyed as UCE shipped it ("defaults": {"lamb", "sd-mini lamb"}) so that its
+# cached edits stay valid; changing it recomputes the edit.
+PRESETS = Presets({"paper": {"lamb": DEFAULT_LAMB}, "sd-mini": {"lamb": SD_MINI_LAMB}}, by_model={"sd-mini": "sd-mini"},
+                  key_value={"lamb": DEFAULT_LAMB, "sd-mini lamb": SD_MINI_LAMB})
+
+
 @dataclass
 class UceOptions:
-    concepts: Annotated[list[str], BeforeValidator(comma_list)] = field(default_factory=list)  # erased concepts (a list or "a, b"); default: the task's concept words
-    guide: str | None = None  # what they map to; default: the task's guide concept ("" = the empty prompt)
-    preserve: Annotated[list[str] | None, BeforeValidator(comma_list)] = None  # preserve set; default: the task's retention concepts as words
-    lamb: Annotated[float | None, Field(gt=0, allow_inf_nan=False)] = None  # ridge weight keeping W close to W_old; None: 0.1, or 30 on sd-mini
-    erase_scale: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0  # weight of the erased concepts' terms
-    preserve_scale: Annotated[float | None, Field(ge=0, allow_inf_nan=False)] = None  # None: max(0.1, 1 / |preserve set|)
-    edit_keys: bool = True  # edit W_k as well as W_v
+    concepts: Annotated[list[str], BeforeValidator(comma_list), Field(
+        description='erased concepts (a list or "a, b"); default: the task\'s concept words')] = field(
+        default_factory=list)
+    guide: Annotated[str | None, Field(
+        description='what they map to; default: the task\'s guide concept ("" = the empty prompt)')] = None
+    preserve: Annotated[list[str] | None, BeforeValidator(comma_list), Field(
+        description="preserve set; default: the task's retention concepts as words")] = None
+    lamb: Annotated[float | None, Field(
+        gt=0, allow_inf_nan=False,
+        description="ridge weight keeping W close to W_old; None: 0.1, or 30 on sd-mini")] = None
+    erase_scale: Annotated[float, Field(ge=0, allow_inf_nan=False,
+                                        description="weight of the erased concepts' terms")] = 1.0
+    preserve_scale: Annotated[float | None, Field(ge=0, allow_inf_nan=False,
+                                                  description="None: max(0.1, 1 / |preserve set|)")] = None
+    edit_keys: Annotated[bool, Field(description="edit W_k as well as W_v")] = True
 
 
 def concept_word(label: str) -> str:
@@ -125,10 +134,7 @@ class Uce(Defense):
     kind = DefenseKind.WEIGHT_EDIT
     Options = UceOptions
     delta_file = DELTA_FILE  # the artifact's file name (subclasses that extend the edit name theirs)
-
-    def config(self) -> dict[str, Any]:
-        # The per-model default of lamb enters the cache key, so changing it recomputes the edit.
-        return {**super().config(), "defaults": {"lamb": DEFAULT_LAMB, "sd-mini lamb": SD_MINI_LAMB}}
+    presets = PRESETS
 
     def check_inputs(self, ctx) -> None:
         self.sets(ctx.task)
@@ -151,9 +157,7 @@ class Uce(Defense):
         preserve_scale = o.preserve_scale
         if preserve_scale is None:
             preserve_scale = max(0.1, 1.0 / n_preserve) if n_preserve else 0.0
-        lamb = o.lamb
-        if lamb is None:
-            lamb = SD_MINI_LAMB if model_name == "sd-mini" else DEFAULT_LAMB
+        lamb = self.preset_values(model_name)["lamb"]
         return {"lamb": lamb, "erase_scale": o.erase_scale, "preserve_scale": preserve_scale, "edit_keys": o.edit_keys}
 
     def prepare(self, ctx: PrepareContext) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from attacks._token_search import undefended_cache
 from attacks.concept_inversion import (
     _IMAGES,
     _LEARNED,
@@ -18,7 +19,6 @@ from attacks.concept_inversion import (
     concept_pattern,
     placeholder_text,
 )
-from attacks.unlearndiff import _PRISTINE
 from benchmark.api.attack import AttackContext, ThreatModel
 from benchmark.api.defense import DefendedPipeline, Defense, DefenseKind
 from benchmark.api.errors import OptionError
@@ -83,11 +83,23 @@ def fresh_caches():
 def test_declares_white_box_off_the_default_job_and_its_presets():
     attack = ConceptInversion()
     assert attack.threat_model is ThreatModel.WHITE_BOX and ConceptInversion.in_all is False
-    assert attack.resolved("sd-1.4") == {"steps": 5000, "batch_size": 16, "images": 25, "lr": 0.08} == PAPER
-    assert attack.resolved("sd-mini") == MINI and attack.resolved("tiny-random") == MINI
-    assert ConceptInversion(steps=3, lr=0.5).resolved("sd-mini") == {**MINI, "steps": 3, "lr": 0.5}
-    assert ConceptInversion(preset="paper").resolved("sd-mini") == PAPER
+    assert attack.preset_values("sd-1.4") == {"steps": 5000, "batch_size": 16, "images": 25, "lr": 0.08} == PAPER
+    assert attack.preset_values("sd-mini") == {"steps": 60, "batch_size": 4, "images": 12, "lr": 0.02} == MINI
+    assert attack.preset_values("tiny-random") == MINI
+    assert ConceptInversion(steps=3, lr=0.5).preset_values("sd-mini") == {**MINI, "steps": 3, "lr": 0.5}
+    assert ConceptInversion(preset="paper").preset_values("sd-mini") == PAPER
     assert attack.config()["presets"] == {"paper": PAPER, "mini": MINI}
+    # the non-preset entries that change v* stay in the key beside the presets
+    assert attack.config()["split_seed"] == 300 and attack.config()["loss"] == "conditional"
+
+
+def test_every_option_has_help_text_from_its_field_description():
+    import pydantic
+
+    described = pydantic.TypeAdapter(ConceptInversion.Options).json_schema()["properties"]
+    assert {info.name: info.help for info in ConceptInversion.option_infos()} == \
+        {name: prop.get("description") for name, prop in described.items()}
+    assert all(described[name].get("description") for name in described)
 
 
 @pytest.mark.parametrize("option,value,allowed", [
@@ -186,7 +198,7 @@ def test_training_images_come_from_the_undefended_model_even_under_a_weight_edit
         under_edit = attack._images(context(tiny, edited, TOY, TINY_SAMPLER), texts, 5.0)
     finally:
         edited.close()
-    assert torch.allclose(clean, under_edit, atol=1e-5) and tiny.key in _PRISTINE
+    assert torch.allclose(clean, under_edit, atol=1e-5) and undefended_cache(tiny).pristine is not None
 
 
 # ------------------------------------------------------------------------------------------------ sd-mini

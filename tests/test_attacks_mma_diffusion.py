@@ -36,11 +36,21 @@ def test_presets_threat_model_and_query_budget():
     assert PAPER == {"tokens": 20, "steps": 1000, "topk": 256, "candidates": 512, "restarts": 1,
                      "embedding": "pooled"}
     assert vars(attack.resolved_budget("sd-1.4")) == PAPER and vars(attack.resolved_budget("sd-mini")) == MINI
+    assert MINI == {"tokens": 10, "steps": 32, "topk": 16, "candidates": 32, "restarts": 1, "embedding": "sequence"}
     assert MMADiffusion(steps=3, preset="paper").resolved_budget("sd-mini").steps == 3
     # per restart: steps x (one gradient pass + the candidates), plus the target's encoding
     assert attack.query_budget("sd-mini") == 32 * 33 + 1
     assert MMADiffusion(restarts=2, steps=5, candidates=7).query_budget("sd-mini") == 2 * 5 * 8 + 1
     assert attack.config()["presets"] == {"paper": PAPER, "mini": MINI}
+
+
+def test_every_option_has_help_text_from_its_field_description():
+    import pydantic
+
+    described = pydantic.TypeAdapter(MMADiffusion.Options).json_schema()["properties"]
+    assert {info.name: info.help for info in MMADiffusion.option_infos()} == \
+        {name: prop.get("description") for name, prop in described.items()}
+    assert all(described[name].get("description") for name in described)
 
 
 @pytest.mark.parametrize("option,value,allowed", [

@@ -28,12 +28,23 @@ def test_presets_and_threat_model():
     assert vars(attack.resolved_budget("sd-1.4")) == PAPER
     assert PAPER == {"population": 200, "generations": 3000, "crossover": 0.5, "mutation": 0.25, "tokens": 16,
                      "eta": 3.0}
-    assert vars(attack.resolved_budget("sd-mini")) == MINI
+    assert vars(attack.resolved_budget("sd-mini")) == MINI == {
+        "population": 32, "generations": 32, "crossover": 0.5, "mutation": 0.25, "tokens": 10, "eta": 2.0}
+    assert vars(attack.resolved_budget("tiny-random")) == MINI
     assert RingABell(population=10, preset="paper").resolved_budget("sd-mini").population == 10
     with pytest.raises(OptionError, match="population=1.*>= 2"):
         RingABell(population=1)
     # the presets' values are part of the cell key, so editing a preset never reuses stale results
     assert RingABell().config()["presets"] == {"paper": PAPER, "mini": MINI}
+
+
+def test_every_option_has_help_text_from_its_field_description():
+    import pydantic
+
+    described = pydantic.TypeAdapter(RingABell.Options).json_schema()["properties"]
+    assert {info.name: info.help for info in RingABell.option_infos()} == \
+        {name: prop.get("description") for name, prop in described.items()}
+    assert all(described[name].get("description") for name in described)
 
 
 @pytest.mark.numeric

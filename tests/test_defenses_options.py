@@ -124,6 +124,66 @@ def test_every_default_defense_passes_its_checks_on_the_shipped_tasks():
             DEFENSES.get(name)().check_inputs(check)
 
 
+# What prepare resolves with no option set (the module docstrings' defaults): the paper's on SD, the sd-mini
+# preset on sd-mini. The presets are class-level data (benchmark.api.presets), read by preset_values.
+RESOLVED = [
+    ("esd-x", {"lr": 1e-5, "iterations": 1000, "ddim_steps": 50}, {"lr": 3e-4, "iterations": 200, "ddim_steps": 10}),
+    ("esd-u", {"lr": 1e-5, "iterations": 1000, "ddim_steps": 50}, {"lr": 5e-5, "iterations": 200, "ddim_steps": 10}),
+    ("uce", {"lamb": 0.1}, {"lamb": 30.0}),
+    ("rece", {"lamb": 0.1, "epochs": 3, "reg": 0.1}, {"lamb": 30.0, "epochs": 3, "reg": 0.1}),
+    ("mace", {"lamb": 1e3, "preserve_scale": 0.0, "lr": 1e-5, "steps": 50, "pooler": True},
+     {"lamb": 30.0, "preserve_scale": 10.0, "lr": 1e-2, "steps": 120, "pooler": False}),
+    ("safree", {"alpha": 0.01, "gamma": 10}, {"alpha": 0.01, "gamma": 10}),
+    ("advunlearn", {"iterations": 1000, "lr": 1e-5, "attack_steps": 30, "attack_lr": 1e-3, "tokens": 1, "warmup": 200,
+                    "ddim_steps": 50},
+     {"iterations": 100, "lr": 3e-4, "attack_steps": 3, "attack_lr": 1e-2, "tokens": 3, "warmup": 20,
+      "ddim_steps": 10}),
+]
+
+
+@pytest.mark.parametrize("name,paper,sd_mini", RESOLVED, ids=[r[0] for r in RESOLVED])
+def test_prepare_resolves_the_documented_numbers_per_model(name, paper, sd_mini):
+    defense = DEFENSES.get(name)()
+    assert defense.preset_values("sd-1.4") == paper
+    assert defense.preset_values("tiny-random") == paper  # only sd-mini has a preset of its own
+    assert defense.preset_values("sd-mini") == sd_mini
+    option, value = next(iter(paper)), 7
+    assert DEFENSES.get(name)(**{option: value}).preset_values("sd-mini")[option] == value  # a set option wins
+
+
+def test_what_prepare_computes_follows_the_presets():
+    uce, rece, advunlearn = DEFENSES.get("uce")(), DEFENSES.get("rece")(), DEFENSES.get("advunlearn")()
+    assert uce.edit_settings("sd-mini", 4) == {"lamb": 30.0, "erase_scale": 1.0, "preserve_scale": 0.25,
+                                               "edit_keys": True}
+    assert uce.edit_settings("sd-1.4", 0)["lamb"] == 0.1
+    assert uce.edit_settings("sd-1.4", 0)["preserve_scale"] == 0.0  # no preserve set: no preserve term
+    assert rece.resolved("sd-1.4", 20) == {"lamb": 0.1, "erase_scale": 1.0, "preserve_scale": 0.1, "edit_keys": True,
+                                           "accumulate": False, "epochs": 3, "reg": 0.1}
+    settings = advunlearn.settings("sd-mini")
+    assert (settings.iterations, settings.tokens, settings.retain_weight) == (100, 3, 0.3)
+    assert advunlearn.retain_prompts("sd-mini", TASKS.get("mini-object"), ["arrow"])[1].startswith("sd-mini")
+    assert advunlearn.retain_prompts("tiny-random", TASKS.get("mini-object"), ["arrow"])[1] == "built-in list"
+
+
+def test_only_sd_mini_draws_the_world():
+    mace, filter_ = DEFENSES.get("mace")(), DEFENSES.get("filter")()
+    assert mace.uses_world("sd-mini", TASKS.get("mini-object"))
+    assert not mace.uses_world("tiny-random", TASKS.get("mini-object"))
+    assert not DEFENSES.get("mace")(masks="attention").uses_world("sd-mini", TASKS.get("mini-object"))
+    assert filter_.detector("sd-mini") == "mini-detector" and filter_.detector("sd-1.4") == "sd-safety-checker"
+
+
+@pytest.mark.parametrize("name", ["esd-x", "uce", "rece", "mace", "safree", "advunlearn", "filter"])
+def test_every_option_has_help_text_from_its_field_description(name):
+    import pydantic
+
+    cls = DEFENSES.get(name)
+    described = pydantic.TypeAdapter(cls.Options).json_schema()["properties"]
+    infos = cls.option_infos()
+    assert infos and all(described[info.name].get("description") == info.help != "" for info in infos), \
+        [info.name for info in infos if not described[info.name].get("description")]
+
+
 ALLOWED_BENCHMARK = ("benchmark.api", "benchmark.hashing", "benchmark.store", "benchmark.mini_world")
 
 
