@@ -5,14 +5,14 @@ annotations, checked by pydantic when the component is built (at resolve time, b
 
     @dataclass
     class Options:
-        threshold: Annotated[float, Field(ge=0, le=1)] = 0.8   # cosine a paraphrase must keep
-        preset: Literal["auto", "paper", "mini"] = "auto"       # budget preset
+        threshold: Annotated[float, Field(ge=0, le=1, description="cosine a paraphrase must keep")] = 0.8
+        preset: Annotated[Literal["auto", "paper", "mini"], Field(description="budget preset")] = "auto"
 
 An option that names a file is typed :class:`benchmark.api.files.FilePath` (``LocalPath`` for a file or a
 folder, ``PathOrHubId`` for a local path or a hub id): it enters the cell keys by the file's content hash,
 never by its path, and a missing file fails when the component is checked (:meth:`Component.check_files`).
 
-The trailing comment of a field is its help text (``benchmark list --options NAME`` prints it). Checks that
+A field's ``Field(description=...)`` is its help text (``benchmark list --options NAME`` prints it). Checks that
 need the run's context (the model, the task, the data directory) go in :meth:`Component.check_inputs`,
 which the resolver calls for every task before anything is prepared, in the manner of diffusers'
 ``check_inputs``.
@@ -23,9 +23,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import inspect
-import io
-import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -128,10 +125,9 @@ class Component:
 
     @classmethod
     def option_infos(cls) -> list[OptionInfo]:
-        """Every option with its type, default, constraints and help (the field's trailing comment)."""
+        """Every option with its type, default, constraints and help (the field's description)."""
         schema = _adapter(cls.Options).json_schema(mode="validation")
         properties = schema.get("properties", {})
-        helps = _field_comments(cls.Options)
         infos = []
         for f in dataclasses.fields(cls.Options):
             default = f.default if f.default is not dataclasses.MISSING else (
@@ -140,7 +136,7 @@ class Component:
             infos.append(OptionInfo(name=f.name, type=_schema_type(prop, schema.get("$defs", {})) or _type_name(f.type),
                                     default=default,
                                     allowed=_constraints(prop, schema.get("$defs", {})),
-                                    help=prop.get("description") or helps.get(f.name, "")))
+                                    help=prop.get("description", "")))
         return infos
 
     def check_inputs(self, ctx: CheckContext) -> None:
@@ -315,33 +311,3 @@ def _constraints(prop: dict[str, Any], defs: dict[str, Any]) -> str:
         if variant.get("type") == "null" and len(variants) > 1:
             words.append("null (the default rule)")
     return "; ".join(words)
-
-
-def _field_comments(options_cls: type) -> dict[str, str]:
-    """``name: type = default  # help`` -> {name: help}, read from the dataclass's source (and its bases')."""
-    helps: dict[str, str] = {}
-    for cls in reversed(options_cls.__mro__):
-        if dataclasses.is_dataclass(cls):
-            helps.update(_own_field_comments(cls))
-    return helps
-
-
-def _own_field_comments(options_cls: type) -> dict[str, str]:
-    try:
-        source = inspect.getsource(options_cls)
-    except (OSError, TypeError):
-        return {}
-    names = {f.name for f in dataclasses.fields(options_cls)}
-    helps: dict[str, str] = {}
-    line_of_name: dict[int, str] = {}
-    for line_no, line in enumerate(source.splitlines(), start=1):
-        head = line.strip().split(":", 1)[0].strip()
-        if head in names and ":" in line:
-            line_of_name[line_no] = head
-    try:
-        for token in tokenize.generate_tokens(io.StringIO(source).readline):
-            if token.type == tokenize.COMMENT and token.start[0] in line_of_name:
-                helps[line_of_name[token.start[0]]] = token.string.lstrip("#").strip()
-    except (tokenize.TokenError, IndentationError):
-        return helps
-    return helps
