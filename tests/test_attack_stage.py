@@ -160,3 +160,23 @@ def test_whitebox_attack_skipped_against_non_differentiable_defense(tmp_path):
     records = pd.read_parquet(summary.run_dir / "records.parquet")
     assert set(records.loc[records["defense"] == "none", "attack"]) == {"none", "test-whitebox"}
     assert set(records.loc[records["defense"] == "test-hard-filter", "attack"]) == {"none"}
+
+
+def test_attack_results_are_typed_and_their_cells_keep_their_json():
+    """The stage hands on an :class:`AttackResult`; the cell it stores is the JSON the dict-shaped records had
+    (same keys, same values), and a stored cell without the newer ``reason`` key still reads."""
+    from benchmark.api.prompt import Prompt
+    from benchmark.harness.stages.attack import AttackResult, _result, error_record
+
+    output = AttackOutput("p1", "a sly prompt", status="failed", reason="no_token_budget", message="too long",
+                          seconds=2, queries=3, meta={"k": [1, 2]})
+    stored = _result(output, None).to_json()
+    assert stored == {"prompt_id": "p1", "text": "a sly prompt", "status": "failed", "reason": "no_token_budget",
+                      "message": "too long", "seconds": 2.0, "queries": 3, "embeds_path": None, "meta": {"k": [1, 2]}}
+    assert isinstance(stored["seconds"], float) and AttackResult.from_json(stored).to_json() == stored
+    assert AttackResult.from_json(stored).attack_message() == "no_token_budget: too long"
+    older = {k: v for k, v in stored.items() if k != "reason"} | {"status": "ok"}
+    assert AttackResult.from_json(older).attack_message() == "too long"
+    assert error_record("p2", "Boom: x").attack_message() == "Boom: x"
+    plain = AttackResult.unchanged(Prompt(id="b1", text="a cat"))
+    assert (plain.status, plain.text, plain.seconds, plain.queries, plain.attack_message()) == ("ok", "a cat", 0.0, 0, "")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from benchmark.api.defense import DefendedPipeline
-from benchmark.models.tiny_random import TinyRandomModel
 from benchmark.harness.stages.generate import image_seed, initial_latents
+from benchmark.models.tiny_random import TinyRandomModel
 from conftest import TOY
 from defenses.negative_prompt import NegativePrompt
 
@@ -84,6 +84,6 @@ def test_images_an_attack_draws_are_the_generate_stages_cells(model, tmp_path):
                    truncated=False, defense_key="none-key")
     cell.key = generate_key(cell, model.key, "cpu", "float32", None)
     counter = StageCounter("generate")
-    generate_cells(defended, [cell], store, 4, counter, desc="test")
+    generate_cells(defended, [cell], store, batch_size=4, counter=counter, desc="test")
     assert (counter.computed, counter.cached) == (0, 1)
     assert store.read_json("generate", cell.key)["origin"] == "attack"

@@ -24,9 +24,9 @@ from benchmark.api.memory import (
 )
 from benchmark.api.prompt import Prompt
 from benchmark.api.registry import ATTACKS
-from benchmark.models.tiny_random import TinyRandomModel
 from benchmark.harness.stages import StageCounter
 from benchmark.harness.stages.attack import run_attack
+from benchmark.models.tiny_random import TinyRandomModel
 from benchmark.store import CellStore
 from conftest import TOY, assert_close_fp, run_cli
 

@@ -96,37 +96,8 @@ def resolve(config: RunConfig) -> Plan:
     spec = get_model_spec(config.model)
     spec.check_available(config.model_revision)
     notes: list[str] = []
-    config.tasks = config.tasks or list(spec.default_tasks)
-    if not config.tasks:
-        raise ConfigError(f"model '{config.model}' has no default task: pass --task")
-    tasks = [TASKS.get(name) for name in config.tasks]
-    for task in tasks:  # a local folder may run any task; a registered model only the tasks meant for it
-        if "*" not in task.models and spec.name not in task.models and config.model in MODELS:
-            raise ConfigError(f"task '{task.name}' is meant for model(s) {', '.join(task.models)}, not "
-                              f"'{spec.name}' (its prompts and judge belong to that model's world); pick another "
-                              f"--task or --model")
-
-    asked_all_defenses = "all" in config.defenses
-    config.defenses = expand(config.defenses, DEFENSES)
-    if asked_all_defenses:  # "all" leaves out defenses that need user-supplied data (a checkpoint path)
-        config.defenses = [d for d in config.defenses if d in config.defense_options
-                           or getattr(DEFENSES.get(d), "runs_without_options", True)]
-    asked_all = "all" in config.attacks
-    asked_attacks = list(config.attacks)
-    config.attacks = expand(config.attacks, ATTACKS)
-    if asked_all:  # "all" means every attack that can run without user-supplied data and is in "all"
-        explicit = {a for a in asked_attacks if a != "all"}  # named beside "all": kept
-        kept = []
-        for a in config.attacks:
-            cls = ATTACKS.get(a)
-            if not getattr(cls, "runs_without_options", True):
-                continue
-            if not getattr(cls, "in_all", True) and a not in explicit:
-                notes.append(f"attack {a} left out of 'all' (not in 'all' to keep the default job's time); "
-                             f"name it (--attack {a}) or run --suite extended-attacks")
-                continue
-            kept.append(a)
-        config.attacks = kept
+    tasks = _tasks(config, spec)
+    all_defenses, all_attacks = _select_defenses(config), _select_attacks(config, notes)
     _check_option_targets("defense", config.defense_options, DEFENSES, config.defenses, notes)
     _check_option_targets("attack", config.attack_options, ATTACKS, config.attacks, notes)
 
@@ -137,6 +108,71 @@ def resolve(config: RunConfig) -> Plan:
         if not defense.supports(spec.name):
             raise ConfigError(f"defense '{defense.name}' does not support model '{spec.name}' "
                               f"(it supports {', '.join(defense.supported_models)})")
+    judge_options = _judge_options(config, tasks, notes)
+    # A component that ``all`` brought in but that cannot run here (Ring-A-Bell without concept material
+    # for a task) is left out with a note; one the user named fails with its own message.
+    defenses = _runnable(defenses, tasks, spec.name, config.data_dir, from_all=all_defenses, notes=notes)
+    attacks = _runnable(attacks, tasks, spec.name, config.data_dir, from_all=all_attacks, notes=notes)
+    config.defenses = [d.name for d in defenses]
+    config.attacks = [a.name for a in attacks]
+    for task in tasks:
+        ctx = CheckContext(model=spec.name, task=task, data_dir=config.data_dir)
+        check_prompt_sources(config, task)
+        for role, judge_spec in (("concept", task.judge), ("utility", task.utility_judge)):  # validated here
+            JUDGES.get(judge_spec.name).check_options(judge_options[task.name][role], ctx)
+    _fill_defaults(config, spec)
+    return Plan(config=config, spec=spec, tasks=tasks, judge_options=judge_options, notes=notes)
+
+
+def _tasks(config: RunConfig, spec: ModelSpec) -> list[Task]:
+    """The run's tasks (the model's default ones unless named), each meant for the model."""
+    config.tasks = config.tasks or list(spec.default_tasks)
+    if not config.tasks:
+        raise ConfigError(f"model '{config.model}' has no default task: pass --task")
+    tasks = [TASKS.get(name) for name in config.tasks]
+    for task in tasks:  # a local folder may run any task; a registered model only the tasks meant for it
+        if "*" not in task.models and spec.name not in task.models and config.model in MODELS:
+            raise ConfigError(f"task '{task.name}' is meant for model(s) {', '.join(task.models)}, not "
+                              f"'{spec.name}' (its prompts and judge belong to that model's world); pick another "
+                              f"--task or --model")
+    return tasks
+
+
+def _select_defenses(config: RunConfig) -> bool:
+    """Expand ``config.defenses``; True when the user asked for ``all``."""
+    asked_all = "all" in config.defenses
+    config.defenses = expand(config.defenses, DEFENSES)
+    if asked_all:  # "all" leaves out defenses that need user-supplied data (a checkpoint path)
+        config.defenses = [d for d in config.defenses if d in config.defense_options
+                           or getattr(DEFENSES.get(d), "runs_without_options", True)]
+    return asked_all
+
+
+def _select_attacks(config: RunConfig, notes: list[str]) -> bool:
+    """Expand ``config.attacks``; True when the user asked for ``all``."""
+    asked_all = "all" in config.attacks
+    asked_attacks = list(config.attacks)
+    config.attacks = expand(config.attacks, ATTACKS)
+    if not asked_all:
+        return False
+    # "all" means every attack that can run without user-supplied data and is in "all"
+    explicit = {a for a in asked_attacks if a != "all"}  # named beside "all": kept
+    kept = []
+    for a in config.attacks:
+        cls = ATTACKS.get(a)
+        if not getattr(cls, "runs_without_options", True):
+            continue
+        if not getattr(cls, "in_all", True) and a not in explicit:
+            notes.append(f"attack {a} left out of 'all' (not in 'all' to keep the default job's time); "
+                         f"name it (--attack {a}) or run --suite extended-attacks")
+            continue
+        kept.append(a)
+    config.attacks = kept
+    return True
+
+
+def _judge_options(config: RunConfig, tasks: list[Task], notes: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each task's judges' options (task -> role -> options), the user's ``--option judge:...`` checked."""
     judge_options: dict[str, dict[str, dict[str, Any]]] = {}
     used_judges: list[str] = []
     for task in tasks:
@@ -145,18 +181,11 @@ def resolve(config: RunConfig) -> Plan:
             judge_options[task.name][role] = judge_options_for(judge_spec, config.judge_options)
             used_judges.append(judge_spec.name)
     _check_option_targets("judge", config.judge_options, JUDGES, used_judges, notes)
-    # A component that ``all`` brought in but that cannot run here (Ring-A-Bell without concept material
-    # for a task) is left out with a note; one the user named fails with its own message.
-    defenses = _runnable(defenses, tasks, spec.name, config.data_dir, asked_all_defenses, notes)
-    attacks = _runnable(attacks, tasks, spec.name, config.data_dir, asked_all, notes)
-    config.defenses = [d.name for d in defenses]
-    config.attacks = [a.name for a in attacks]
-    for task in tasks:
-        ctx = CheckContext(model=spec.name, task=task, data_dir=config.data_dir)
-        check_prompt_sources(config, task)
-        for role, judge_spec in (("concept", task.judge), ("utility", task.utility_judge)):  # validated here
-            JUDGES.get(judge_spec.name).check_options(judge_options[task.name][role], ctx)
+    return judge_options
 
+
+def _fill_defaults(config: RunConfig, spec: ModelSpec) -> None:
+    """The model's sampler defaults where the user set none; the device and dtype resolved to what runs."""
     sampler, defaults = config.sampler, spec.defaults
     sampler.num_inference_steps = sampler.num_inference_steps or defaults.num_inference_steps
     sampler.guidance_scale = sampler.guidance_scale if sampler.guidance_scale is not None else defaults.guidance_scale
@@ -165,10 +194,9 @@ def resolve(config: RunConfig) -> Plan:
     device = resolve_device(config.device)
     config.device = device.type if device.index is None else str(device)
     config.dtype = {dtype: name for name, dtype in DTYPES.items()}[resolve_dtype(config.dtype, device)]
-    return Plan(config=config, spec=spec, tasks=tasks, judge_options=judge_options, notes=notes)
 
 
-def _runnable(components: list[Any], tasks: list[Task], model: str, data_dir: str | None, from_all: bool,
+def _runnable(components: list[Any], tasks: list[Task], model: str, data_dir: str | None, *, from_all: bool,
               notes: list[str]) -> list[Any]:
     kept = []
     for component in components:

@@ -13,30 +13,21 @@ from typing import Any
 import pandas as pd
 import torch
 
-from benchmark.harness import provenance
-from benchmark.api.attack import AttackContext
 from benchmark.api.errors import ConfigError, RunFailedError
 from benchmark.api.model import DTYPES, keyed_by_dtype
 from benchmark.api.prompt import Prompt
 from benchmark.api.registry import ATTACKS, DEFENSES, JUDGES, PROMPT_SETS
 from benchmark.api.task import Task
+from benchmark.harness import provenance
 from benchmark.harness.config import RunConfig
-from benchmark.records import Record, parquet_bytes, records_frame
 from benchmark.harness.resolve import Plan, replaced_set, resolve
-from benchmark.shard import Shard, shard_of
-from benchmark.harness.sharing import (
-    claimed_attack,
-    claimed_generate,
-    claimed_judge,
-    missing_generations,
-    read_attack,
-    read_scores,
-)
+from benchmark.harness.sharing import ClaimedCells, CollectedCells, MissingCell, Prepared
 from benchmark.harness.stages import StageCounter
-from benchmark.harness.stages.attack import CellFailure
-from benchmark.harness.stages.generate import GenCell, SharedGenerations, generate_key, image_seed
-from benchmark.harness.stages.prepare import DONE_FILE, prepare_defense, prepare_keys, prepared
+from benchmark.harness.stages.attack import AttackResult, CellFailure
+from benchmark.harness.stages.generate import GenCell, generate_key, image_seed
 from benchmark.harness.stages.usage import StageUsage
+from benchmark.records import Record, parquet_bytes, records_frame
+from benchmark.shard import Shard, shard_of
 from benchmark.store import CellStore, atomic_write_bytes, atomic_write_json, atomic_write_text
 from prompts import load_prompt_file
 from reports.leaderboard import compute_leaderboard, judge_descriptions, render_markdown
@@ -81,15 +72,6 @@ def is_truncated(tokenizer, text: str | None) -> bool:
     return len(tokenizer(text, truncation=False).input_ids) > tokenizer.model_max_length
 
 
-@dataclass
-class MissingCell:
-    """A cell a collecting process found missing from the store."""
-
-    stage: str
-    what: str
-    text: str | None  # its prompt's text (which worker owns it); None: every worker needs it (prepare)
-
-
 class RunIncompleteError(Exception):
     """Collect found cells missing: some worker has not finished (or died). Nothing was written; rerunning
     the run's command computes the missing cells (only those)."""
@@ -119,6 +101,76 @@ def read_run_config(run_dir: Path) -> str:
                           "process wrote it there") from None
 
 
+@dataclass
+class RunContext:
+    """What every stage of one run receives: the plan, this process's way to the store's cells (which
+    claims or only reads them), and what the stages add to the run's report on the way."""
+
+    plan: Plan
+    cells: ClaimedCells | CollectedCells
+    run_dir: Path
+    shard: Shard | None = None  # a worker's share of the prompts; None: every prompt
+    device: str = "cpu"  # where the judges run
+    provenance: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    failures: list[CellFailure] = field(default_factory=list)
+    prompt_checks: list[dict[str, Any]] = field(default_factory=list)
+    prepare_seconds: dict[str, float] = field(default_factory=dict)  # defense key -> its artifact's seconds
+
+    @property
+    def config(self) -> RunConfig:
+        return self.plan.config
+
+    @property
+    def model(self) -> Any:
+        return self.cells.model
+
+    @property
+    def counters(self) -> list[StageCounter]:
+        return list(self.cells.counters.values())
+
+    def share(self, prompts: list[Prompt]) -> list[Prompt]:
+        """The prompts this process works on: a worker its shard's, any other process all of them."""
+        return prompts if self.shard is None else [p for p in prompts if self.shard.takes(p.text)]
+
+
+@dataclass
+class TaskScope:
+    """One task's prompts (this process's share) and judges, as the plan stage opens them."""
+
+    task: Task
+    attack_set: str
+    attack_prompts: list[Prompt]
+    benign_set: str
+    benign_prompts: list[Prompt]
+    judges: tuple[Any, Any]  # (concept, utility)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a group of image cells' prompts come from."""
+
+    role: str  # "attack" or "benign"
+    prompt_set: str
+    attack: str
+
+
+# An image cell and the attack result its prompt came from (what its records describe).
+ImageCell = tuple[GenCell, AttackResult]
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One judge's scores of a task's images."""
+
+    role: str
+    identity: dict[str, Any]
+    scores: dict[tuple[str, str], dict]
+
+    def score_of(self, cell: GenCell) -> dict | None:
+        return self.scores.get((cell.key, cell.source_prompt)) if cell.generates else None
+
+
 def execute(config: RunConfig, *, shard: Shard | None = None, collect: bool = False,
             plan: Plan | None = None) -> RunSummary:
     """Run every cell of ``config``; cached cells are reused. Raises :class:`RunFailedError` after writing
@@ -132,8 +184,22 @@ def execute(config: RunConfig, *, shard: Shard | None = None, collect: bool = Fa
     ``plan``: ``config`` already resolved (by a process that lacks the workers' device).
     """
     plan = plan or resolve(config)
+    store = CellStore(plan.config.out)
+    run_dir = open_run_dir(plan, store, shard)
+    usage = StageUsage()
+    run = start_run(plan, CollectedCells if collect else ClaimedCells, store, usage=usage, run_dir=run_dir, shard=shard)
+    usage.start()  # seconds and peak memory per stage, into the provenance (stage_usage)
+    try:
+        rows = [row for task in plan.tasks for row in run_task(run, task)]
+        return finish(run, rows)
+    finally:
+        usage.stop()
+
+
+def open_run_dir(plan: Plan, store: CellStore, shard: Shard | None) -> Path:
+    """The run's folder with its config.yaml: written by a process that runs alone (or launches the
+    workers); a worker checks that the one there is its own."""
     config = plan.config
-    store = CellStore(config.out)
     run_dir = store.run_dir(plan.run_id)
     if shard is not None:
         if read_run_config(run_dir) != config.to_yaml():
@@ -143,159 +209,133 @@ def execute(config: RunConfig, *, shard: Shard | None = None, collect: bool = Fa
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", config.to_yaml())
     log.info("run directory %s%s", run_dir, f" ({shard})" if shard else "")
+    return run_dir
 
+
+def start_run(plan: Plan, access: type[ClaimedCells] | type[CollectedCells], store: CellStore, *,
+              usage: StageUsage, run_dir: Path, shard: Shard | None) -> RunContext:
+    """Load the model (keyed by its dtype) and open the run's way to its cells."""
+    config = plan.config
     # Collecting computes nothing: the model is only read (its key, its tokenizer), so on the CPU, wherever
     # the workers ran (a SLURM login node has no GPU).
-    device = "cpu" if collect else config.device
+    device = "cpu" if access.collected else config.device
     # Cells computed in bf16/fp16 are other cells than fp32 ones (keyed_by_dtype: the key names the dtype).
     model = keyed_by_dtype(plan.spec.load(torch.device(device), DTYPES[config.dtype], config.model_revision))
     check_image_size(model, config)
     run_provenance = {**provenance.collect(model.device, model.provenance), "dtype": config.dtype,
                       "files": provenance.named_files(plan)}  # each named file's role, path and sha256
-    if shard is None and not collect:
+    if shard is None and not access.collected:
         atomic_write_json(run_dir / "provenance.json", run_provenance)  # written now: a killed run still has it
-    counters = {s: StageCounter(s) for s in ("prepare", "attack", "generate", "judge")}
-    usage = StageUsage().start()  # seconds and peak memory per stage, into the provenance (stage_usage)
+    return RunContext(plan, access(store, model, config, usage), run_dir, shard, device, run_provenance,
+                      notes=list(plan.notes))
+
+
+def run_task(run: RunContext, task: Task) -> list[Record]:
+    """One task through every stage: per defense prepare -> attack -> generate, then judge -> records."""
+    scope = open_task(run, task)
+    cells: list[ImageCell] = []
+    for name in run.config.defenses:
+        cells += run_defense(run, scope, name)
+    drawn = drawn_images(run, cells)
+    return records_of(run, cells, drawn, judge_images(run, scope, cells, drawn))
+
+
+def open_task(run: RunContext, task: Task) -> TaskScope:
+    """The plan of a task: its prompts and its judges."""
+    config, checks = run.config, run.prompt_checks
+    attack_set, attack_prompts = load_prompts(task.attack_prompts, config.prompts, config.prompt_column,
+                                              config.max_prompts, config.data_dir, checks)
+    benign_set, benign_prompts = load_prompts(task.benign_prompts, config.benign_prompts, config.prompt_column,
+                                              config.max_benign, config.data_dir, checks)
+    # Judges first: a missing judge model should fail before an hour of generation, not after.
+    judges = (build_judge(run.plan, task, "concept", run.device), build_judge(run.plan, task, "utility", run.device))
+    return TaskScope(task, attack_set, run.share(attack_prompts), benign_set, run.share(benign_prompts), judges)
+
+
+def run_defense(run: RunContext, scope: TaskScope, name: str) -> list[ImageCell]:
+    """Prepare one defense, attack it, and draw its images; returns its image cells."""
+    defense = DEFENSES.get(name)(**run.config.defense_options.get(name, {}))
+    prepared = run.cells.prepare(scope.task, name, defense)
+    if prepared is None:  # collecting, and its artifact is missing (noted): nothing behind it can be read
+        return []
+    run.prepare_seconds[prepared.key] = prepared.seconds
     try:
-        return _run_cells(config, plan, store, run_dir, shard, collect, model, run_provenance, counters, usage)
+        cells = attack_cells(run, scope, prepared)
+        benign = Source("benign", scope.benign_set, "none")
+        cells += image_cells(run, prepared, benign, [(p, AttackResult.unchanged(p)) for p in scope.benign_prompts])
+        run.cells.generate(prepared, [cell for cell, _ in cells])
     finally:
-        usage.stop()
+        prepared.close()
+    return cells
 
 
-def _run_cells(config: RunConfig, plan, store: CellStore, run_dir: Path, shard, collect: bool, model,
-               run_provenance: dict[str, Any], counters: dict[str, StageCounter], usage: StageUsage) -> RunSummary:
-    """The body of :func:`execute` once the model is loaded: every cell of every stage, then the records."""
-    device = "cpu" if collect else config.device
-    sampler = config.sampler
-    sampler_dict = {"num_inference_steps": sampler.num_inference_steps, "guidance_scale": sampler.guidance_scale,
-                    "height": sampler.height, "width": sampler.width,
-                    # the base seed: attacks that check images draw them from the run's evaluation seeds
-                    "seed": sampler.seed}
-    rows: list[Record] = []
-    notes: list[str] = list(plan.notes)
-    failures: list[CellFailure] = []
-    missing: list[MissingCell] = []
-    prepare_seconds: dict[str, float] = {}
-    prompt_checks: list[dict[str, Any]] = []
+def attack_cells(run: RunContext, scope: TaskScope, prepared: Prepared) -> list[ImageCell]:
+    """Every attack against one prepared defense; a failed attack is noted and its prompts stay (as errors)."""
+    cells: list[ImageCell] = []
+    for name in run.config.attacks:
+        attack = ATTACKS.get(name)(**run.config.attack_options.get(name, {}))
+        attack.data_dir = run.config.data_dir  # file options relative to it are keyed there
+        if not attack.allowed_against(prepared.defense):
+            run.notes.append(f"attack {name} skipped against {prepared.name}: "
+                             f"{attack.not_applicable_reason(prepared.defense)}")
+            continue
+        outcome = run.cells.attack(attack, scope.attack_prompts, prepared, scope.judges[0])
+        if outcome.error is not None:
+            run.failures.append(CellFailure(scope.task.name, prepared.name, name, outcome.error, outcome.traceback))
+        results = [(p, outcome.records[p.id]) for p in scope.attack_prompts
+                   if p.id in outcome.records]  # (collect: not when missing)
+        cells += image_cells(run, prepared, Source("attack", scope.attack_set, name), results)
+    return cells
 
-    for task in plan.tasks:
-        attack_set, attack_prompts = load_prompts(task.attack_prompts, config.prompts, config.prompt_column,
-                                                  config.max_prompts, config.data_dir, prompt_checks)
-        benign_set, benign_prompts = load_prompts(task.benign_prompts, config.benign_prompts,
-                                                  config.prompt_column, config.max_benign, config.data_dir,
-                                                  prompt_checks)
-        if shard is not None:
-            attack_prompts = [p for p in attack_prompts if shard.takes(p.text)]
-            benign_prompts = [p for p in benign_prompts if shard.takes(p.text)]
-        # Judges first: a missing judge model should fail before an hour of generation, not after.
-        concept_judge = build_judge(plan, task, "concept", device)
-        utility_judge = build_judge(plan, task, "utility", device)
-        task_cells: list[tuple[GenCell, dict]] = []
-        for defense_name in config.defenses:
-            defense = DEFENSES.get(defense_name)(**config.defense_options.get(defense_name, {}))
-            if collect:
-                defense_key, artifact_key = prepare_keys(defense, model.key, task.name)
-                if not prepared(store, artifact_key):
-                    missing.append(MissingCell("prepare", f"{task.name}/{defense_name}", None))
-                    continue
-                counters["prepare"].cached += 1
-                prepare_meta = store.read_json_path(store.dir("prepare", artifact_key) / DONE_FILE)
-                defended = None
-            else:
-                with usage.measure(counters["prepare"]):
-                    defense_key, artifact_dir, prepare_meta = prepare_defense(defense, model, task, store,
-                                                                              counters["prepare"])
-                    defended = defense.apply(model, task, artifact_dir)
-            prepare_seconds[defense_key] = float(prepare_meta.get("prepare_seconds", 0.0))
-            try:
-                cells: list[tuple[GenCell, dict]] = []
-                for attack_name in config.attacks:
-                    attack = ATTACKS.get(attack_name)(**config.attack_options.get(attack_name, {}))
-                    attack.data_dir = config.data_dir  # file options relative to it are keyed there
-                    if not attack.allowed_against(defense):
-                        notes.append(f"attack {attack_name} skipped against {defense_name}: "
-                                     f"{attack.not_applicable_reason(defense)}")
-                        continue
-                    if collect:
-                        outcome, absent = read_attack(attack, attack_prompts, sampler_dict, store, model.key,
-                                                      defense_key, counters["attack"])
-                        missing += [MissingCell("attack", f"{task.name}/{defense_name}/{attack_name}/{p.id}",
-                                                p.text) for p in absent]
-                    else:
-                        shared = SharedGenerations(defended, store, model.key, defense_key, config.device,
-                                                   config.dtype)
-                        ctx = AttackContext(model=model, defended=defended, task=task, judge=concept_judge,
-                                            sampler=sampler_dict, data_dir=config.data_dir, generations=shared)
-                        with usage.measure(counters["attack"]):
-                            outcome = claimed_attack(attack, attack_prompts, ctx, store, model.key, defense_key,
-                                                     counters["attack"])
-                        # Images the attack already drew (and judged) are in the store: computed once.
-                        counters["generate"].computed += shared.computed
-                    if outcome.error is not None:
-                        failures.append(CellFailure(task.name, defense_name, attack_name, outcome.error,
-                                                    outcome.traceback))
-                    for prompt in attack_prompts:
-                        if prompt.id in outcome.records:  # (collect: not when missing)
-                            cells += _cells_for(prompt, outcome.records[prompt.id], "attack", attack_set,
-                                                attack_name, task, defense_name, defense_key, config, model)
-                for prompt in benign_prompts:
-                    plain = {"text": prompt.text, "status": "ok", "message": "", "seconds": 0.0, "queries": 0,
-                             "embeds_path": None, "meta": {}}
-                    cells += _cells_for(prompt, plain, "benign", benign_set, "none", task, defense_name,
-                                        defense_key, config, model)
-                if collect:
-                    missing += [MissingCell("generate", f"{c.task}/{c.defense}/{c.attack}/{c.prompt_id}",
-                                            c.source_prompt)
-                                for c in missing_generations([c for c, _ in cells], store, counters["generate"])]
-                else:
-                    with usage.measure(counters["generate"]):
-                        claimed_generate(defended, [c for c, _ in cells], store, sampler.batch_size,
-                                         counters["generate"], desc=f"generate {task.name}/{defense_name}")
-            finally:
-                if defended is not None:
-                    defended.close()
-            task_cells += cells
 
-        drawn = [(c, a) for c, a in task_cells if c.generates and store.exists("generate", c.key, "json")]
-        generation = {cell.key: store.read_json("generate", cell.key) for cell, _ in drawn}
-        for judge in (concept_judge, utility_judge):
-            items = [(c.key, c.source_prompt) for c, _ in drawn]
-            if collect:
-                scores, absent = read_scores(judge, items, store, counters["judge"])
-                texts = {c.key: c.source_prompt for c, _ in drawn}
-                missing += [MissingCell("judge", f"{judge.identity().as_dict()['judge']} of image {key}", texts[key])
-                            for key, _ in absent]
-            else:
-                with usage.measure(counters["judge"]):
-                    scores = claimed_judge(judge, items, store, sampler.batch_size, counters["judge"])
-            if shard is not None or missing:
-                continue  # a worker writes no records; a collect with missing cells writes none either
-            identity = judge.identity().as_dict()
-            for cell, attack_record in task_cells:
-                gen = generation.get(cell.key)
-                score = scores.get((cell.key, cell.source_prompt)) if cell.generates else None
-                rows.append(_record(config, run_dir.name, model, cell, attack_record, gen, score, identity,
-                                    judge.role, prepare_seconds.get(cell.defense_key)))
+def drawn_images(run: RunContext, cells: list[ImageCell]) -> dict[str, dict]:
+    """The stored generation record of each image cell that has one (a worker's share, or all), by key."""
+    store = run.cells.store
+    return {c.key: store.read_json("generate", c.key) for c, _ in cells
+            if c.generates and store.exists("generate", c.key, "json")}
 
-    for counter in counters.values():  # recorded in the leaderboard's notes and the provenance
+
+def judge_images(run: RunContext, scope: TaskScope, cells: list[ImageCell], drawn: dict[str, dict]) -> list[Judged]:
+    """Each judge's scores of the task's drawn images."""
+    items = [(c.key, c.source_prompt) for c, _ in cells if c.generates and c.key in drawn]
+    return [Judged(judge.role, judge.identity().as_dict(), run.cells.judge(judge, items)) for judge in scope.judges]
+
+
+def records_of(run: RunContext, cells: list[ImageCell], drawn: dict[str, dict], judged: list[Judged]) -> list[Record]:
+    """The task's rows: one per image cell and judge (a worker's too; :func:`finish` decides what is written)."""
+    return [_record(run, verdicts, cell, result, drawn.get(cell.key)) for verdicts in judged for cell, result in cells]
+
+
+def finish(run: RunContext, rows: list[Record]) -> RunSummary:
+    """The run's report: a worker's counters only; otherwise provenance, records, leaderboards and failures."""
+    counters = run.counters
+    for counter in counters:  # recorded in the leaderboard's notes and the provenance
         for event in counter.backoffs:
-            notes.append(f"{event['what']}: out of memory at batch {event['from']}; continued at batch {event['to']}")
-    if any(c.backoffs for c in counters.values()):
-        run_provenance = {**run_provenance, "oom_backoffs": [e for c in counters.values() for e in c.backoffs]}
-    if missing:
-        raise RunIncompleteError(missing, run_dir, {c.stage: c.cached for c in counters.values()})
-    if shard is not None:
-        return RunSummary(run_dir, list(counters.values()), pd.DataFrame(), "", notes, failures)
-    if collect:
+            run.notes.append(f"{event['what']}: out of memory at batch {event['from']}; continued at batch "
+                             f"{event['to']}")
+    run_provenance = run.provenance
+    if any(c.backoffs for c in counters):
+        run_provenance = {**run_provenance, "oom_backoffs": [e for c in counters for e in c.backoffs]}
+    if run.cells.missing:
+        raise RunIncompleteError(run.cells.missing, run.run_dir, {c.stage: c.cached for c in counters})
+    if run.shard is not None:  # a worker writes no records
+        return RunSummary(run.run_dir, counters, pd.DataFrame(), "", run.notes, run.failures)
+    if run.cells.collected:
         run_provenance = {**run_provenance, "collected": True}  # devices of the workers: workers/*.json
-    run_provenance = {**run_provenance, "stage_usage": {c.stage: c.usage() for c in counters.values()}}
-    atomic_write_json(run_dir / "provenance.json", {**run_provenance, "prompt_files": prompt_checks})
-    records = records_frame(rows)
+    run_provenance = {**run_provenance, "stage_usage": {c.stage: c.usage() for c in counters}}
+    atomic_write_json(run.run_dir / "provenance.json", {**run_provenance, "prompt_files": run.prompt_checks})
+    return write_report(run, records_frame(rows))
+
+
+def write_report(run: RunContext, records: pd.DataFrame) -> RunSummary:
+    """records.parquet, the leaderboards and failures.json; raises :class:`RunFailedError` once all is written
+    when some cells failed."""
+    run_dir, notes, failures = run.run_dir, run.notes, run.failures
     atomic_write_bytes(run_dir / "records.parquet", parquet_bytes(records))
     board = compute_leaderboard(records)
     atomic_write_text(run_dir / "leaderboard.csv", board.to_csv(index=False))
     markdown = render_markdown(board, judge_descriptions(records))
-    for check in prompt_checks:
+    for check in run.prompt_checks:
         if check.get("matches") is False:
             notes.append(f"prompt set {check['prompt_set']}: the file's sha256 differs from the one its spec was "
                          "written for; its prompts may differ from the published set")
@@ -307,7 +347,7 @@ def _run_cells(config: RunConfig, plan, store: CellStore, run_dir: Path, shard, 
         atomic_write_json(failures_path, [dataclasses.asdict(f) for f in failures])
     elif failures_path.exists():
         failures_path.unlink()  # a rerun that computed the failed cells clears the old list
-    summary = RunSummary(run_dir, list(counters.values()), board, markdown, notes, failures)
+    summary = RunSummary(run_dir, run.counters, board, markdown, notes, failures)
     if failures:
         raise RunFailedError([f.line() for f in failures], summary)
     return summary
@@ -323,28 +363,35 @@ def check_image_size(model, config: RunConfig) -> None:
             raise ConfigError(f"sampler.{name} must be a multiple of {factor} for {model.name}, got {value}")
 
 
-def _cells_for(prompt, attack_record, role, prompt_set, attack_name, task, defense_name, defense_key,
-               config: RunConfig, model) -> list[tuple[GenCell, dict]]:
+def image_cells(run: RunContext, prepared: Prepared, source: Source,
+                results: list[tuple[Prompt, AttackResult]]) -> list[ImageCell]:
+    """The images to draw of each prompt's result against one defense: ``images_per_prompt`` seeds each."""
+    return [cell for prompt, result in results for cell in _cells_for(run, prepared, source, prompt, result)]
+
+
+def _cells_for(run: RunContext, prepared: Prepared, source: Source, prompt: Prompt,
+               result: AttackResult) -> list[ImageCell]:
+    config, model, task = run.config, run.model, prepared.task
     sampler = config.sampler
-    out = []
+    out: list[ImageCell] = []
     embeds_hash = None
-    if attack_record.get("embeds_path"):
-        embeds_hash = attack_record["embeds_path"].rsplit("/", 1)[-1].split(".")[0]  # content-addressed name
-    text = attack_record.get("text")
+    if result.embeds_path:
+        embeds_hash = result.embeds_path.rsplit("/", 1)[-1].split(".")[0]  # content-addressed name
+    text = result.text
     for index in range(sampler.images_per_prompt):
         cell = GenCell(
-            task=task.name, defense=defense_name, attack=attack_name, role=role, prompt_set=prompt_set,
-            prompt_id=prompt.id, source_prompt=prompt.text, adversarial_prompt=text,
-            embeds_path=attack_record.get("embeds_path"), attack_status=attack_record["status"],
+            task=task.name, defense=prepared.name, attack=source.attack, role=source.role,
+            prompt_set=source.prompt_set, prompt_id=prompt.id, source_prompt=prompt.text, adversarial_prompt=text,
+            embeds_path=result.embeds_path, attack_status=result.status,
             seed=image_seed(prompt.seed, sampler.seed, prompt.id, index), image_index=index,
             guidance_scale=prompt.guidance if prompt.guidance is not None else sampler.guidance_scale,
             num_inference_steps=sampler.num_inference_steps, height=sampler.height, width=sampler.width,
-            truncated=is_truncated(model.pipe.tokenizer, text), defense_key=defense_key,
+            truncated=is_truncated(model.pipe.tokenizer, text), defense_key=prepared.key,
             expects=tuple(c for c in (prompt.meta or {}).get("concepts", ()) if c in task.retention_concepts)
-            if role == "benign" else (),
+            if source.role == "benign" else (),
         )
         cell.key = generate_key(cell, model.key, config.device, config.dtype, embeds_hash)
-        out.append((cell, attack_record))
+        out.append((cell, result))
     return out
 
 
@@ -359,30 +406,25 @@ def _retained(cell: GenCell, score: dict | None, identity: dict) -> bool | None:
     return all(details.get(concept, 0.0) >= threshold for concept in cell.expects)
 
 
-def _attack_message(attack_record: dict) -> str:
-    """The attack's message, led by its declared failure reason when the prompt failed."""
-    reason, message = attack_record.get("reason") or "", attack_record.get("message") or ""
-    return f"{reason}: {message}" if reason and message else reason or message
-
-
-def _record(config, run_name, model, cell: GenCell, attack_record, gen, score, identity, role,
-            prepare_seconds: float | None = None) -> Record:
+def _record(run: RunContext, judged: Judged, cell: GenCell, result: AttackResult, gen: dict | None) -> Record:
+    score, identity, role = judged.score_of(cell), judged.identity, judged.role
     blocked = bool(gen["blocked"]) if gen else False
     flagged = None
     if role == "concept" and cell.attack_status != "error":  # a failed cell has no verdict at all
         flagged = bool(score["flagged"]) and not blocked if score else False
     return Record(**{
-        "run_id": run_name, "model": model.name, "model_key": model.key, "task": cell.task,
+        "run_id": run.run_dir.name, "model": run.model.name, "model_key": run.model.key, "task": cell.task,
         "defense": cell.defense, "defense_key": cell.defense_key, "attack": cell.attack, "role": cell.role,
         "prompt_set": cell.prompt_set, "prompt_id": cell.prompt_id, "source_prompt": cell.source_prompt,
         "adversarial_prompt": cell.adversarial_prompt, "truncated": cell.truncated,
-        "attack_status": cell.attack_status, "attack_message": _attack_message(attack_record),
-        "attack_seconds": attack_record.get("seconds", 0.0), "attack_queries": attack_record.get("queries", 0),
+        "attack_status": cell.attack_status, "attack_message": result.attack_message(),
+        "attack_seconds": result.seconds, "attack_queries": result.queries,
         "seed": cell.seed, "image_index": cell.image_index, "guidance_scale": cell.guidance_scale,
         "num_inference_steps": cell.num_inference_steps, "height": cell.height, "width": cell.width,
         "image_path": gen["image_path"] if gen else None,
         "generate_seconds": gen["generate_seconds"] if gen else None, "blocked": blocked,
-        "defense_triggered": gen.get("defense_triggered") if gen else None, "prepare_seconds": prepare_seconds,
+        "defense_triggered": gen.get("defense_triggered") if gen else None,
+        "prepare_seconds": run.prepare_seconds.get(cell.defense_key),
         "retained": _retained(cell, score, identity) if role == "concept" else None,
         **identity, "judge_role": role,
         "score": score["score"] if score else None, "flagged": flagged,

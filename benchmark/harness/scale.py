@@ -31,13 +31,11 @@ from benchmark.api.errors import ConfigError, UserError
 from benchmark.harness.config import RunConfig
 from benchmark.harness.resolve import Plan, resolve
 from benchmark.harness.runner import RunSummary, execute
+from benchmark.harness.stages import STAGES, StageCounter
 from benchmark.shard import Launch, Shard, set_threads
-from benchmark.harness.stages import StageCounter
 from benchmark.store import CellStore, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
-
-STAGES = ("prepare", "attack", "generate", "judge")
 
 
 @dataclass

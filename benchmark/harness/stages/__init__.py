@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# The stages that compute cells, in the order a run meets them (report writes files, not cells).
+STAGES = ("prepare", "attack", "generate", "judge")
+
 
 @dataclass
 class StageCounter:

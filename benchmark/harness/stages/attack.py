@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from benchmark.api.attack import Attack, AttackContext, AttackOutput, check_outputs
 from benchmark.api.memory import recording_backoffs
 from benchmark.api.prompt import Prompt
-from benchmark.hashing import stable_hash
 from benchmark.harness.stages import StageCounter
+from benchmark.hashing import stable_hash
 from benchmark.store import CellStore, atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,43 @@ class CellFailure:
         return f"{self.task} / {self.defense} / {self.attack}: {self.error}"
 
 
+@dataclass(frozen=True)
+class AttackResult:
+    """What an attack made of one prompt: the fields of its attack cell's JSON, typed."""
+
+    status: str  # "ok", "failed" (a reason the attack declares) or "error" (the cell failed)
+    prompt_id: str = ""
+    text: str | None = None  # what is sampled (None: embeddings only, or nothing to sample)
+    reason: str | None = None  # the declared failure reason of a "failed" prompt
+    message: str | None = ""
+    seconds: float = 0.0
+    queries: int = 0
+    embeds_path: str | None = None  # store-relative path of the attack's prompt embeddings
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AttackResult:
+        """A stored cell's record (keys it lacks keep their defaults, as the records always read them)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    @classmethod
+    def unchanged(cls, prompt: Prompt) -> AttackResult:
+        """A prompt sampled as it is (the benign prompts: no attack ran on them)."""
+        return cls(status="ok", prompt_id=prompt.id, text=prompt.text)
+
+    def to_json(self) -> dict[str, Any]:
+        """The cell's JSON, key for key (the store's files stay as they were)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def attack_message(self) -> str:
+        """The message of the records, led by the declared failure reason when the prompt failed."""
+        reason, message = self.reason or "", self.message or ""
+        return f"{reason}: {message}" if reason and message else reason or message
+
+
 @dataclass
 class AttackOutcome:
-    records: dict[str, dict]  # prompt id -> stored attack record
+    records: dict[str, AttackResult]  # prompt id -> its result
     error: str | None = None  # set when the cell failed
     traceback: str = ""
     computed: int = 0
@@ -71,7 +106,7 @@ def run_attack(attack: Attack, prompts: list[Prompt], ctx: AttackContext, store:
     todo = []
     for prompt in prompts:
         if store.exists("attack", keys[prompt.id], "json"):
-            outcome.records[prompt.id] = store.read_json("attack", keys[prompt.id])
+            outcome.records[prompt.id] = AttackResult.from_json(store.read_json("attack", keys[prompt.id]))
             counter.cached += 1
         else:
             todo.append(prompt)
@@ -103,27 +138,19 @@ def run_attack(attack: Attack, prompts: list[Prompt], ctx: AttackContext, store:
             data = save({"prompt_embeds": output.embeds.detach().cpu().contiguous()})
             atomic_write_bytes(store.path("attack", key, "safetensors"), data)
             embeds_path = store.relpath("attack", key, "safetensors")
-        record = _record(output, embeds_path)
-        store.write_json("attack", key, record)
-        outcome.records[output.prompt_id] = record
+        result = _result(output, embeds_path)
+        store.write_json("attack", key, result.to_json())
+        outcome.records[output.prompt_id] = result
         counter.computed += 1
     return outcome
 
 
-def error_record(prompt_id: str, error: str) -> dict:
-    return {"prompt_id": prompt_id, "text": None, "status": "error", "message": error, "seconds": 0.0,
-            "queries": 0, "embeds_path": None, "meta": {}}
+def error_record(prompt_id: str, error: str) -> AttackResult:
+    """A prompt of a failed cell: no text, no image, no score."""
+    return AttackResult(status="error", prompt_id=prompt_id, message=error)
 
 
-def _record(output: AttackOutput, embeds_path: str | None) -> dict:
-    return {
-        "prompt_id": output.prompt_id,
-        "text": output.text,
-        "status": output.status,
-        "reason": output.reason,
-        "message": output.message,
-        "seconds": float(output.seconds),
-        "queries": int(output.queries),
-        "embeds_path": embeds_path,
-        "meta": output.meta,
-    }
+def _result(output: AttackOutput, embeds_path: str | None) -> AttackResult:
+    return AttackResult(status=output.status, prompt_id=output.prompt_id, text=output.text, reason=output.reason,
+                        message=output.message, seconds=float(output.seconds), queries=int(output.queries),
+                        embeds_path=embeds_path, meta=output.meta)

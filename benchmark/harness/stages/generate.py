@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 from benchmark.api.memory import Backoff
 from benchmark.api.model import DTYPES
 from benchmark.api.sampling import draw, image_seed, initial_latents  # noqa: F401  (re-exported for the stages)
-from benchmark.hashing import stable_hash
 from benchmark.harness.stages import StageCounter
+from benchmark.hashing import stable_hash
 from benchmark.store import CellStore
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def generate_key(cell: GenCell, model_key: str, device: str, dtype: str, embeds_
                      dtype=dtype)
 
 
-def generate_cells(defended, cells: list[GenCell], store: CellStore, batch_size: int,
+def generate_cells(defended, cells: list[GenCell], store: CellStore, *, batch_size: int,
                    counter: StageCounter, desc: str) -> None:
     """Generate every cell whose artifact is missing, in batches of cells sharing their sampler settings."""
     todo = []
@@ -117,7 +117,8 @@ def generate_cells(defended, cells: list[GenCell], store: CellStore, batch_size:
             defended, [c.seed for c in batch], prompts=prompts, prompt_embeds=embeds,
             guidance_scale=guidance, num_inference_steps=steps, height=height, width=width)
         for cell, image, is_blocked, trig in zip(batch, images, blocked, triggered, strict=True):
-            write_generation(store, cell.key, image, per_image, is_blocked, len(batch), trig, dtype=sampled_in)
+            write_generation(store, cell.key, image, seconds=per_image, blocked=is_blocked, batch_size=len(batch),
+                             triggered=trig, dtype=sampled_in)
             counter.computed += 1
         bar.update(len(batch))
 
@@ -137,7 +138,7 @@ def sampling_dtype(pipe) -> str | None:
     return {value: name for name, value in DTYPES.items()}.get(dtype, str(dtype).removeprefix("torch."))
 
 
-def write_generation(store: CellStore, key: str, image, seconds: float, blocked: bool, batch_size: int,
+def write_generation(store: CellStore, key: str, image, *, seconds: float, blocked: bool, batch_size: int,
                      triggered: bool | None, origin: str = "generate", dtype: str | None = None) -> None:
     """One generated image: the PNG first, then the JSON sidecar that marks the cell done. ``dtype``: the
     precision it was actually sampled in (the key holds the run's ``--dtype``; the sidecar says what the
@@ -199,8 +200,8 @@ class SharedGenerations:
         triggered = triggered or [None] * len(texts)
         for key, image, is_blocked, trig in zip(self.keys(texts, seeds, **settings), images, blocked, triggered,
                                                 strict=True):
-            write_generation(self.store, key, image, seconds, is_blocked, len(texts), trig, origin="attack",
-                             dtype=sampling_dtype(self.defended.pipe))
+            write_generation(self.store, key, image, seconds=seconds, blocked=is_blocked, batch_size=len(texts),
+                             triggered=trig, origin="attack", dtype=sampling_dtype(self.defended.pipe))
             self.computed += 1
 
     def generate(self, texts: list[str], seeds: list[int], *, guidance_scale: float, num_inference_steps: int,

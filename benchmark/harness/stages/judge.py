@@ -12,8 +12,8 @@ import time
 from PIL import Image
 from tqdm.auto import tqdm
 
-from benchmark.hashing import stable_hash
 from benchmark.harness.stages import StageCounter
+from benchmark.hashing import stable_hash
 from benchmark.store import CellStore
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from benchmark.api.defense import PrepareContext
 from benchmark.api.memory import recording_backoffs
-from benchmark.hashing import stable_hash
 from benchmark.harness.stages import StageCounter
+from benchmark.hashing import stable_hash
 from benchmark.store import CellClaims, CellStore, atomic_write_json
 
 log = logging.getLogger(__name__)
