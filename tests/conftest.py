@@ -136,3 +136,32 @@ def _as_float64(tensor):
     import torch
 
     return tensor.to(torch.complex128) if tensor.is_complex() else tensor.double()
+
+
+# -- a weight-edit test double, shared by the white-box attack tests ---------------------------------------
+def scale_defense():
+    """A weight-edit defense that scales the shared UNet's output convolution by 3 and undoes it on close:
+    the attacks' undefended side (targets, training images) must not see it. Built on call, so importing
+    conftest stays light."""
+    import torch
+
+    from benchmark.api import DefendedPipeline, Defense, DefenseKind
+
+    class ScaledUNet(DefendedPipeline):
+        def __init__(self, model, defense, task):
+            super().__init__(model, defense, task)
+            self.saved = model.pipe.unet.conv_out.weight.detach().clone()
+            with torch.no_grad():
+                model.pipe.unet.conv_out.weight.mul_(3.0)
+
+        def close(self):
+            with torch.no_grad():
+                self.pipe.unet.conv_out.weight.copy_(self.saved)
+
+    class ScaleDefense(Defense):
+        kind = DefenseKind.WEIGHT_EDIT
+
+        def apply(self, model, task, artifact_dir):
+            return ScaledUNet(model, self, task)
+
+    return ScaleDefense()

@@ -20,13 +20,13 @@ from attacks.concept_inversion import (
     placeholder_text,
 )
 from benchmark.api.attack import AttackContext, ThreatModel
-from benchmark.api.defense import DefendedPipeline, Defense, DefenseKind
+from benchmark.api.defense import DefendedPipeline
 from benchmark.api.errors import OptionError
 from benchmark.api.judge import Judge, JudgeIdentity
 from benchmark.api.prompt import Prompt
 from benchmark.api.registry import TASKS
 from benchmark.models.tiny_random import TinyRandomModel
-from conftest import TOY, assert_close_fp
+from conftest import TOY, assert_close_fp, scale_defense
 
 TINY_SAMPLER = {"num_inference_steps": 2, "guidance_scale": 5.0, "height": 32, "width": 32}
 MINI_SAMPLER = {"num_inference_steps": 4, "guidance_scale": 7.5, "height": 64, "width": 64}
@@ -166,34 +166,13 @@ def test_cost_is_shared_by_the_prompts_and_v_star_is_learned_once_per_cell(tiny)
     assert torch.allclose(alone[0].embeds, out[1].embeds, atol=1e-6)
 
 
-class ScaledUNet(DefendedPipeline):
-    """A weight edit on the shared pipeline (scales the UNet's output conv), undone on close."""
-
-    def __init__(self, model, defense, task):
-        super().__init__(model, defense, task)
-        self.saved = model.pipe.unet.conv_out.weight.detach().clone()
-        with torch.no_grad():
-            model.pipe.unet.conv_out.weight.mul_(3.0)
-
-    def close(self):
-        with torch.no_grad():
-            self.pipe.unet.conv_out.weight.copy_(self.saved)
-
-
-class ScaleDefense(Defense):
-    kind = DefenseKind.WEIGHT_EDIT
-
-    def apply(self, model, task, artifact_dir):
-        return ScaledUNet(model, self, task)
-
-
 def test_training_images_come_from_the_undefended_model_even_under_a_weight_edit(tiny):
     attack = ConceptInversion(images=2)
     texts = attack.training_prompts(TOY, 2)
     assert texts == ["a photo of a church", "a rendering of a church"]  # upstream templates off sd-mini
     clean = attack._images(context(tiny, DefendedPipeline(tiny, None, TOY), TOY, TINY_SAMPLER), texts, 5.0)
     _IMAGES.clear()
-    edited = ScaleDefense().apply(tiny, TOY, None)
+    edited = scale_defense().apply(tiny, TOY, None)
     try:
         under_edit = attack._images(context(tiny, edited, TOY, TINY_SAMPLER), texts, 5.0)
     finally:

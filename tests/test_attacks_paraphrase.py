@@ -119,8 +119,8 @@ def test_query_mode_tries_ranked_rewrites_on_the_defended_sampler(flag):
 
     from benchmark.api.attack import AttackContext, ThreatModel
     from benchmark.api.defense import DefendedPipeline
-    from benchmark.models.tiny_random import TinyRandomModel
     from benchmark.harness.stages.attack import attack_key
+    from benchmark.models.tiny_random import TinyRandomModel
 
     model = TinyRandomModel().load(torch.device("cpu"), torch.float32)
     task = TASKS.get("mini-unsafe")

@@ -40,25 +40,20 @@ class NeverFlags(Judge):
 
 
 @pytest.fixture(scope="module")
-def model(sd_mini):
-    return sd_mini
-
-
-@pytest.fixture(scope="module")
 def task():
     return TASKS.get("mini-unsafe")
 
 
 @pytest.fixture(scope="module")
-def artifact(model, task, tmp_path_factory):
+def artifact(sd_mini, task, tmp_path_factory):
     folder = tmp_path_factory.mktemp("saferedir")
-    meta = DEFENSES.get("saferedir")().prepare(PrepareContext(model, task, folder))
+    meta = DEFENSES.get("saferedir")().prepare(PrepareContext(sd_mini, task, folder))
     assert meta["source"] == "shipped"  # the trained redirector, not a fresh one
     return folder
 
 
-def saferedir(model, task, artifact, **options):
-    return DEFENSES.get("saferedir")(**options).apply(model, task, artifact)
+def saferedir(sd_mini, task, artifact, **options):
+    return DEFENSES.get("saferedir")(**options).apply(sd_mini, task, artifact)
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +61,8 @@ def unsafe_prompts(task):
     return PROMPT_SETS.get(task.attack_prompts).load(None, limit=3)
 
 
-def context(model, task, defended):
-    return AttackContext(model=model, defended=defended, task=task, judge=NeverFlags(), sampler=dict(SAMPLER))
+def context(sd_mini, task, defended):
+    return AttackContext(model=sd_mini, defended=defended, task=task, judge=NeverFlags(), sampler=dict(SAMPLER))
 
 
 def test_threshold_logit_is_the_probability_rule():
@@ -106,14 +101,14 @@ def test_bad_options_fail_when_built(options, needle):
 
 
 @pytest.mark.numeric
-def test_the_exposed_logit_is_the_decision_the_sampler_takes(model, task, artifact, unsafe_prompts):
+def test_the_exposed_logit_is_the_decision_the_sampler_takes(sd_mini, task, artifact, unsafe_prompts):
     # replace_steps beyond the sampler's steps: only the step-0 check decides, so its inputs are known
-    defended = saferedir(model, task, artifact, replace_steps=100)
+    defended = saferedir(sd_mini, task, artifact, replace_steps=100)
     texts = [p.text for p in unsafe_prompts] + BENIGN
     seeds = list(range(11, 11 + len(texts)))
     _, _, _, triggered = draw(defended, seeds, prompts=texts, guidance_scale=5.0, num_inference_steps=STEPS,
                               height=64, width=64)
-    pipe = model.pipe
+    pipe = sd_mini.pipe
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
     scheduler.set_timesteps(STEPS)
     first = initial_latents(seeds, pipe, 64, 64) * scheduler.init_noise_sigma
@@ -123,16 +118,16 @@ def test_the_exposed_logit_is_the_decision_the_sampler_takes(model, task, artifa
     assert logit.abs().min() > 1e-3  # no sample on the boundary, where float rounding could differ
     assert (logit > 0).tolist() == triggered
     assert any(triggered) and not all(triggered)  # both decisions occur: the comparison can fail
-    assert DefendedPipeline(model, None, task).decision_logit(first, 0, defended.encode_prompts(texts)) is None
+    assert DefendedPipeline(sd_mini, None, task).decision_logit(first, 0, defended.encode_prompts(texts)) is None
 
 
-def _cond(model, texts):
-    cond = model.pipe.encode_prompt(texts, model.pipe.device, 1, False)[0]
+def _cond(sd_mini, texts):
+    cond = sd_mini.pipe.encode_prompt(texts, sd_mini.pipe.device, 1, False)[0]
     return cond.detach().clone().requires_grad_(True)
 
 
-def test_bpda_keeps_the_forward_and_opens_a_gradient_through_the_switch(model, task, artifact, unsafe_prompts):
-    defended = saferedir(model, task, artifact)
+def test_bpda_keeps_the_forward_and_opens_a_gradient_through_the_switch(sd_mini, task, artifact, unsafe_prompts):
+    defended = saferedir(sd_mini, task, artifact)
     head = defended.redirector.classifier.out.weight
     x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     t = torch.tensor(500)
@@ -141,7 +136,7 @@ def test_bpda_keeps_the_forward_and_opens_a_gradient_through_the_switch(model, t
 
     def loss_and_grad(relaxed: bool):
         head.grad = None
-        cond = _cond(model, texts)
+        cond = _cond(sd_mini, texts)
         if relaxed:
             with defended.straight_through_switch(1.0):
                 eps = defended.noise_prediction(x, t, cond, guidance_scale=5.0)
@@ -159,9 +154,9 @@ def test_bpda_keeps_the_forward_and_opens_a_gradient_through_the_switch(model, t
     assert defended._switch_tau is None  # the context restored the hard switch
 
 
-def test_the_penalty_gradient_reaches_the_tokens(model, task, artifact, unsafe_prompts):
-    defended = saferedir(model, task, artifact)
-    pipe = model.pipe
+def test_the_penalty_gradient_reaches_the_tokens(sd_mini, task, artifact, unsafe_prompts):
+    defended = saferedir(sd_mini, task, artifact)
+    pipe = sd_mini.pipe
     attack = SwitchAware(mode="penalty")
     prompt = unsafe_prompts[0]
     vocab = _text.searchable_token_ids(pipe.tokenizer)
@@ -178,7 +173,7 @@ def test_the_penalty_gradient_reaches_the_tokens(model, task, artifact, unsafe_p
     scheduler.set_timesteps(STEPS)
     state = _State(prompt, 3, 5.0, torch.Generator().manual_seed(4),
                    x0=torch.randn(4, 16, 16, generator=torch.Generator().manual_seed(2)), content=content)
-    ctx = context(model, task, defended)
+    ctx = context(sd_mini, task, defended)
     penalty = attack._extra_loss(ctx, [state], cond, scheduler)
     assert penalty is not None and penalty.item() > 0
     penalty.backward()
@@ -188,11 +183,11 @@ def test_the_penalty_gradient_reaches_the_tokens(model, task, artifact, unsafe_p
 
 
 @pytest.mark.slow  # six iterations through sd-mini's UNet plus a target and a check: about a minute on one core
-def test_a_few_iterations_lower_the_decision_logit(model, task, artifact, unsafe_prompts):
-    defended = saferedir(model, task, artifact)
+def test_a_few_iterations_lower_the_decision_logit(sd_mini, task, artifact, unsafe_prompts):
+    defended = saferedir(sd_mini, task, artifact)
     attack = SwitchAware(mode="penalty", iterations=6, check_every=100, check_source=False, early_stop=False,
                          check_switch=False, lr=0.05, penalty_weight=10.0)
-    outputs = attack.run(unsafe_prompts[:2], context(model, task, defended))
+    outputs = attack.run(unsafe_prompts[:2], context(sd_mini, task, defended))
     first = [o.meta["switch"]["logit_first"] for o in outputs]
     last = [o.meta["switch"]["logit_last"] for o in outputs]
     assert sum(first) / 2 > 0  # the source prompts are redirected: there is something to lower

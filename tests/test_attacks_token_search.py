@@ -16,12 +16,12 @@ from attacks.p4d import P4D
 from attacks.switch_aware import SwitchAware
 from attacks.unlearndiff import UnlearnDiff
 from benchmark.api.attack import AttackContext, ThreatModel, check_outputs
-from benchmark.api.defense import DefendedPipeline, Defense, DefenseKind
+from benchmark.api.defense import DefendedPipeline
 from benchmark.api.judge import Judge, JudgeIdentity, JudgeResult
 from benchmark.api.prompt import Prompt
 from benchmark.api.registry import ATTACKS, load_plugin
 from benchmark.models.tiny_random import TinyRandomModel
-from conftest import TOY
+from conftest import TOY, scale_defense
 
 PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "plugins" / "random_token_search.py"
 SAMPLER = {"num_inference_steps": 2, "guidance_scale": 5.0, "height": 32, "width": 32}
@@ -98,31 +98,10 @@ def test_plugin_stops_a_prompt_at_the_first_flagged_check(model, plugin):
     assert all(o.meta["iterations"] == 6 for o in full)  # without early stop: the whole budget
 
 
-class ScaledUNet(DefendedPipeline):
-    """A weight edit on the shared pipeline, undone on close."""
-
-    def __init__(self, model, defense, task):
-        super().__init__(model, defense, task)
-        self.saved = model.pipe.unet.conv_out.weight.detach().clone()
-        with torch.no_grad():
-            model.pipe.unet.conv_out.weight.mul_(3.0)
-
-    def close(self):
-        with torch.no_grad():
-            self.pipe.unet.conv_out.weight.copy_(self.saved)
-
-
-class ScaleDefense(Defense):
-    kind = DefenseKind.WEIGHT_EDIT
-
-    def apply(self, model, task, artifact_dir):
-        return ScaledUNet(model, self, task)
-
-
 def test_the_undefended_side_lives_as_long_as_the_runs_model():
     """The pristine copy and the targets belong to the run's loaded model: freed with it, or on release."""
     run_model = TinyRandomModel().load(torch.device("cpu"), torch.float32)
-    edited = ScaleDefense().apply(run_model, TOY, None)
+    edited = scale_defense().apply(run_model, TOY, None)
     try:
         UnlearnDiff(iterations=1, check_every=1).run(PROMPTS[:1], context(run_model, FlagsAfter(10**6), edited))
     finally:

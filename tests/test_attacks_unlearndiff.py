@@ -10,12 +10,12 @@ import torch
 from attacks._token_search import undefended_cache
 from attacks.unlearndiff import UnlearnDiff, _State
 from benchmark.api.attack import AttackContext, ThreatModel
-from benchmark.api.defense import DefendedPipeline, Defense, DefenseKind
+from benchmark.api.defense import DefendedPipeline
 from benchmark.api.errors import OptionError
 from benchmark.api.judge import Judge, JudgeIdentity, JudgeResult
 from benchmark.api.prompt import Prompt
 from benchmark.models.tiny_random import TinyRandomModel
-from conftest import TOY
+from conftest import TOY, scale_defense
 from defenses.negative_prompt import NegativePrompt
 
 SAMPLER = {"num_inference_steps": 2, "guidance_scale": 5.0, "height": 32, "width": 32}
@@ -129,27 +129,6 @@ def test_a_prompt_gets_the_same_attack_alone_or_in_a_batch(model):
     assert alone[0].text == batched[1].text
 
 
-class ScaledUNet(DefendedPipeline):
-    """A weight edit on the shared pipeline (scales the UNet's output conv), undone on close."""
-
-    def __init__(self, model, defense, task):
-        super().__init__(model, defense, task)
-        self.saved = model.pipe.unet.conv_out.weight.detach().clone()
-        with torch.no_grad():
-            model.pipe.unet.conv_out.weight.mul_(3.0)
-
-    def close(self):
-        with torch.no_grad():
-            self.pipe.unet.conv_out.weight.copy_(self.saved)
-
-
-class ScaleDefense(Defense):
-    kind = DefenseKind.WEIGHT_EDIT
-
-    def apply(self, model, task, artifact_dir):
-        return ScaledUNet(model, self, task)
-
-
 def test_targets_come_from_the_undefended_model_even_under_a_weight_edit(model):
     cache = undefended_cache(model)
     cache.targets.clear()
@@ -162,7 +141,7 @@ def test_targets_come_from_the_undefended_model_even_under_a_weight_edit(model):
 
     clean = targets(DefendedPipeline(model, None, TOY))
     cache.targets.clear()
-    edited = ScaleDefense().apply(model, TOY, None)
+    edited = scale_defense().apply(model, TOY, None)
     try:
         under_edit = targets(edited)
     finally:

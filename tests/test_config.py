@@ -7,8 +7,8 @@ import pytest
 
 from benchmark.cli import build_parser, config_from_args
 from benchmark.harness.config import ConfigError, RunConfig, SamplerConfig, config_from_mapping, parse_option
-from benchmark.hashing import canonical_json, stable_hash
 from benchmark.harness.resolve import resolve, run_id
+from benchmark.hashing import canonical_json, stable_hash
 from conftest import REPO
 
 

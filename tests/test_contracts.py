@@ -42,27 +42,22 @@ JUDGE_OPTIONS = {
 
 
 @pytest.fixture(scope="module")
-def model(sd_mini):
-    return sd_mini
-
-
-@pytest.fixture(scope="module")
 def task():
     return TASKS.get("mini-object")
 
 
 @pytest.mark.parametrize("name", DEFENSES.builtin_names())
-def test_defense_contract(model, task, name):
+def test_defense_contract(sd_mini, task, name):
     if name in NEEDS_USER_DATA:
         pytest.skip(f"{name} needs a user checkpoint (tested in its own module)")
-    report = check_defense(name, model, task, FAST_DEFENSES.get(name), prompts=("a red arrow", "a blue circle", "a green star"))
+    report = check_defense(name, sd_mini, task, FAST_DEFENSES.get(name), prompts=("a red arrow", "a blue circle", "a green star"))
     assert "close() restores the pipeline" in report.checks
 
 
 @pytest.mark.parametrize("name", ATTACKS.builtin_names())
-def test_attack_contract(model, task, name):
+def test_attack_contract(sd_mini, task, name):
     judge = JUDGES.get("mini-detector")(device="cpu", label="object:arrow")
-    ctx = AttackContext(model=model, defended=DefendedPipeline(model, None, task), task=task, judge=judge,
+    ctx = AttackContext(model=sd_mini, defended=DefendedPipeline(sd_mini, None, task), task=task, judge=judge,
                         sampler={"num_inference_steps": 4, "guidance_scale": 5.0, "height": 64, "width": 64,
                                  "seed": 0})
     prompts = PROMPT_SETS.get("mini-object-attack").load(None, limit=3)
@@ -78,17 +73,17 @@ def test_judge_contract(name):
     assert "batched equals one at a time" in report.checks
 
 
-def test_fingerprint_sees_an_edit(model):
-    before = pipeline_fingerprint(model.pipe)
-    weight = next(model.pipe.unet.parameters())
+def test_fingerprint_sees_an_edit(sd_mini):
+    before = pipeline_fingerprint(sd_mini.pipe)
+    weight = next(sd_mini.pipe.unet.parameters())
     with torch.no_grad():
         weight.add_(1.0)
-        assert pipeline_fingerprint(model.pipe)["unet"] != before["unet"]
+        assert pipeline_fingerprint(sd_mini.pipe)["unet"] != before["unet"]
         weight.sub_(1.0)
-    assert pipeline_fingerprint(model.pipe)["unet"] == before["unet"]
+    assert pipeline_fingerprint(sd_mini.pipe)["unet"] == before["unet"]
 
 
-def test_the_defense_contract_catches_a_white_box_path_that_is_not_the_sampler(model, task):
+def test_the_defense_contract_catches_a_white_box_path_that_is_not_the_sampler(sd_mini, task):
     """A defense whose sampler adds a negative prompt but whose noise_prediction ignores it must fail."""
     from benchmark.api import DEFENSES, Defense, DefenseKind
     from benchmark.harness.contracts import ContractViolation
@@ -107,10 +102,10 @@ def test_the_defense_contract_catches_a_white_box_path_that_is_not_the_sampler(m
             return Inconsistent(model, self, task)
 
     with pytest.raises(ContractViolation, match="noise_prediction give images"):
-        check_defense("contract-probe-inconsistent", model, task, prompts=("a blue circle", "a red arrow"))
+        check_defense("contract-probe-inconsistent", sd_mini, task, prompts=("a blue circle", "a red arrow"))
 
 
-def test_the_defense_contract_catches_a_close_that_does_not_restore(model, task):
+def test_the_defense_contract_catches_a_close_that_does_not_restore(sd_mini, task):
     from benchmark.api import DEFENSES, Defense, DefenseKind
     from benchmark.harness.contracts import ContractViolation
 
@@ -129,11 +124,11 @@ def test_the_defense_contract_catches_a_close_that_does_not_restore(model, task)
         def apply(self, model, task, artifact_dir):
             return Leaky(model, self, task)
 
-    weight = next(model.pipe.text_encoder.parameters())
+    weight = next(sd_mini.pipe.text_encoder.parameters())
     original = weight.detach().clone()
     try:
         with pytest.raises(ContractViolation, match="did not restore"):
-            check_defense("contract-probe-leaky", model, task, prompts=("a blue circle", "a green star"))
+            check_defense("contract-probe-leaky", sd_mini, task, prompts=("a blue circle", "a green star"))
     finally:
         with torch.no_grad():
             weight.copy_(original)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from benchmark.api.defense import DefendedPipeline
-from benchmark.models.tiny_random import TinyRandomModel
 from benchmark.harness.stages.generate import initial_latents
+from benchmark.models.tiny_random import TinyRandomModel
 from conftest import TOY, assert_close_fp
 from defenses.negative_prompt import NegativePrompt
 

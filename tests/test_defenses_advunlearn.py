@@ -42,17 +42,12 @@ FAST = {"iterations": 2, "warmup": 1, "attack_steps": 1, "ddim_steps": 2, "pool"
 
 
 @pytest.fixture(scope="module")
-def model(sd_mini):
-    return sd_mini
-
-
-@pytest.fixture(scope="module")
 def task():
     return TASKS.get("mini-object")
 
 
-def test_contract(model, task):
-    report = check_defense("advunlearn", model, task, FAST, prompts=("a red arrow", "a blue circle", "a green star"))
+def test_contract(sd_mini, task):
+    report = check_defense("advunlearn", sd_mini, task, FAST, prompts=("a red arrow", "a blue circle", "a green star"))
     assert "close() restores the pipeline" in report.checks
 
 
@@ -83,12 +78,12 @@ def concept_score(pipe, encoder, concept: str, *, seed: int, tokens: int = 3, st
     return scores[0], scores[1]
 
 
-def test_trained_encoder_resists_the_soft_token_attack(model, task):
+def test_trained_encoder_resists_the_soft_token_attack(sd_mini, task):
     """The claim of the paper at sd-mini scale: after AdvUnlearn the attack that fully regenerates the
     concept on the original encoder (score ~1) recovers well under half of it; the plain prompt is erased
     (score below 0). The attack here is held out: other seed, other frozen-model states, 10 steps.
     Measured: base 1.00 plain / 0.97 attacked; trained -0.37 plain / -0.19 attacked (12 steps)."""
-    pipe = model.pipe
+    pipe = sd_mini.pipe
     defense = AdvUnlearn(iterations=14, warmup=2, lr=1e-3, attack_steps=2, attack_lr=1e-2, tokens=3,
                          ddim_steps=5, pool=3, retain_prompts=6, retain_batch=3)
     settings = defense.settings("sd-mini")
@@ -111,9 +106,9 @@ def test_trained_encoder_resists_the_soft_token_attack(model, task):
 
 
 # ---------------------------------------------------------------------------------------------- plumbing
-def test_artifact_holds_only_text_encoder_layers(model, task, tmp_path):
+def test_artifact_holds_only_text_encoder_layers(sd_mini, task, tmp_path):
     defense = AdvUnlearn(**FAST, train_layers="0", train_final_norm=False)
-    meta = defense.prepare(PrepareContext(model=model, task=task, artifact_dir=tmp_path))
+    meta = defense.prepare(PrepareContext(model=sd_mini, task=task, artifact_dir=tmp_path))
     delta = load_file(str(tmp_path / DELTA_FILE))
     assert delta and all(k.startswith("text_encoder.encoder.layers.0.") for k in delta)
     assert meta["trained_parameters"] == len(delta) == 16  # 4 projections + fc1/fc2 + 2 norms, weight and bias
@@ -151,10 +146,10 @@ def test_refusals(task, tmp_path):
         AdvUnlearn(retain_file=str(tmp_path / "missing.csv")).check_inputs(CheckContext(model="sd-mini", task=task))
 
 
-def test_train_layers_outside_the_encoder_fail_before_work(model, task, tmp_path):
+def test_train_layers_outside_the_encoder_fail_before_work(sd_mini, task, tmp_path):
     with pytest.raises(ConfigError, match="train_layers"):
         AdvUnlearn(**{**FAST, "train_layers": [7], "train_final_norm": False}).prepare(
-            PrepareContext(model=model, task=task, artifact_dir=tmp_path))
+            PrepareContext(model=sd_mini, task=task, artifact_dir=tmp_path))
     assert not (tmp_path / DELTA_FILE).exists()
 
 
@@ -168,13 +163,13 @@ def test_cache_key_follows_the_retain_file(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- published layout
 @pytest.fixture(params=["hf-folder", "wrapper-pt"])
-def published_encoder(model, tmp_path, request):
+def published_encoder(sd_mini, tmp_path, request):
     """sd-mini's text encoder saved in the two layouts the authors released, one layer perturbed:
     ``hf-folder`` as ``OPTML-Group/AdvUnlearn`` subfolder ``nudity_unlearned`` (a transformers-4
     ``CLIPTextModel.save_pretrained`` folder, keys ``text_model.encoder.layers.0.self_attn.q_proj.weight`` ...);
     ``wrapper-pt`` as their ``.pt`` files, a state dict of a module holding the encoder as ``text_encoder``."""
     state = {f"text_model.{k.removeprefix('text_model.')}": v.detach().clone()
-             for k, v in model.pipe.text_encoder.state_dict().items()}
+             for k, v in sd_mini.pipe.text_encoder.state_dict().items()}
     key = "text_model.encoder.layers.0.self_attn.q_proj.weight"
     state[key] = state[key] + 0.05 * torch.randn(state[key].shape, generator=torch.Generator().manual_seed(0))
     if request.param == "wrapper-pt":
@@ -188,15 +183,15 @@ def published_encoder(model, tmp_path, request):
     return folder
 
 
-def test_published_advunlearn_text_encoder_loads_through_checkpoint(model, task, published_encoder, tmp_path):
-    before = pipeline_fingerprint(model.pipe)
-    base = model.pipe.encode_prompt(["a red arrow"], "cpu", 1, False)[0]
+def test_published_advunlearn_text_encoder_loads_through_checkpoint(sd_mini, task, published_encoder, tmp_path):
+    before = pipeline_fingerprint(sd_mini.pipe)
+    base = sd_mini.pipe.encode_prompt(["a red arrow"], "cpu", 1, False)[0]
     defense = Checkpoint(path=str(published_encoder), component="text_encoder")
-    meta = defense.prepare(PrepareContext(model=model, task=task, artifact_dir=tmp_path / "a"))
+    meta = defense.prepare(PrepareContext(model=sd_mini, task=task, artifact_dir=tmp_path / "a"))
     assert meta["component"] == "text_encoder" and meta["differing_tensors"] == 1
-    defended = defense.apply(model, task, tmp_path / "a")
+    defended = defense.apply(sd_mini, task, tmp_path / "a")
     try:
         assert not torch.allclose(defended.encode_prompts(["a red arrow"]), base)
     finally:
         defended.close()
-    assert pipeline_fingerprint(model.pipe) == before
+    assert pipeline_fingerprint(sd_mini.pipe) == before

@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 from benchmark.api.component import CheckContext
 from benchmark.api.defense import PrepareContext
 from benchmark.api.errors import OptionError, UserError
-from benchmark.models.tiny_random import TinyRandomModel
 from benchmark.harness.stages.generate import initial_latents
+from benchmark.models.tiny_random import TinyRandomModel
 from conftest import TOY
 from defenses.checkpoint import Checkpoint, CheckpointError
 from defenses.esd import DELTA_FILE, EsdX

@@ -12,8 +12,8 @@ import torch
 from benchmark.api.component import CheckContext
 from benchmark.api.defense import DefendedPipeline
 from benchmark.api.errors import ConfigError, OptionError
-from benchmark.models.tiny_random import TinyRandomModel
 from benchmark.harness.stages.generate import initial_latents
+from benchmark.models.tiny_random import TinyRandomModel
 from conftest import TOY, run_cli
 from defenses.keyword_filter import KeywordFilter, contains_word
 

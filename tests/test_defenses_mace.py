@@ -41,20 +41,15 @@ CONCEPT_PROMPTS = ["a red arrow on a blue background", "a green arrow", "an imag
 
 
 @pytest.fixture(scope="module")
-def mini(sd_mini):
-    return sd_mini
-
-
-@pytest.fixture(scope="module")
 def mini_object():
     return TASKS.get("mini-object")
 
 
 @pytest.fixture(scope="module")
-def trained(mini, mini_object, tmp_path_factory):
+def trained(sd_mini, mini_object, tmp_path_factory):
     """MACE prepared once on mini-object with the sd-mini preset: (artifact dir, prepare metadata)."""
     folder = tmp_path_factory.mktemp("mace")
-    meta = Mace(**PRESET).prepare(PrepareContext(model=mini, task=mini_object, artifact_dir=folder))
+    meta = Mace(**PRESET).prepare(PrepareContext(model=sd_mini, task=mini_object, artifact_dir=folder))
     return folder, meta
 
 
@@ -89,24 +84,24 @@ def masked_concept_attention(pipe, data) -> float:
 
 
 # ------------------------------------------------------------------------------------------ contract
-def test_mace_keeps_the_defense_contract(mini, mini_object):
-    report = check_defense("mace", mini, mini_object, FAST_OPTIONS,
+def test_mace_keeps_the_defense_contract(sd_mini, mini_object):
+    report = check_defense("mace", sd_mini, mini_object, FAST_OPTIONS,
                            prompts=("a red arrow", "a blue circle", "a green star"))
     assert "close() restores the pipeline" in report.checks
 
 
 # ------------------------------------------------------------------------------------------ the algorithm
-def test_mace_lowers_the_concept_and_keeps_the_retention_concepts(mini, mini_object, trained):
+def test_mace_lowers_the_concept_and_keeps_the_retention_concepts(sd_mini, mini_object, trained):
     folder, meta = trained
     assert meta["masks"] == "world" and meta["images_per_concept"] == {"arrow": 8}
     # Held-out renders (another split seed than training) with their exact masks.
-    held_out = world_data(mini.pipe, "mini-object", "arrow", n_prompts=6, n_images=6, mapping=None, seed=7)
-    before_attention = masked_concept_attention(mini.pipe, held_out)
-    base_retain, base_concept = eps(mini.pipe, RETENTION_PROMPTS), eps(mini.pipe, CONCEPT_PROMPTS)
-    defended = Mace(**PRESET).apply(mini, mini_object, folder)
+    held_out = world_data(sd_mini.pipe, "mini-object", "arrow", n_prompts=6, n_images=6, mapping=None, seed=7)
+    before_attention = masked_concept_attention(sd_mini.pipe, held_out)
+    base_retain, base_concept = eps(sd_mini.pipe, RETENTION_PROMPTS), eps(sd_mini.pipe, CONCEPT_PROMPTS)
+    defended = Mace(**PRESET).apply(sd_mini, mini_object, folder)
     try:
-        after_attention = masked_concept_attention(mini.pipe, held_out)
-        retain, concept = eps(mini.pipe, RETENTION_PROMPTS), eps(mini.pipe, CONCEPT_PROMPTS)
+        after_attention = masked_concept_attention(sd_mini.pipe, held_out)
+        retain, concept = eps(sd_mini.pipe, RETENTION_PROMPTS), eps(sd_mini.pipe, CONCEPT_PROMPTS)
     finally:
         defended.close()
     # The concept: its tokens' attention inside the arrow's mask on held-out renders falls by over 15%
@@ -127,15 +122,15 @@ def test_the_lora_training_lowers_its_loss(trained):
     assert meta["attention_loss_last_10pct"]["arrow"] < 0.1 * meta["attention_loss_first"]["arrow"]
 
 
-def test_fusion_contexts_are_the_concept_tokens_unless_asked(mini):
+def test_fusion_contexts_are_the_concept_tokens_unless_asked(sd_mini):
     from defenses.mace import fusion_contexts
     from defenses.mace_masks import ConceptData
 
     data = ConceptData("arrow", ["a red arrow on blue", "a green arrow"], ["a red star on blue", "a green star"])
-    assert fusion_contexts(mini.pipe, data, "concept", pooler=False).shape[0] == 2  # one "arrow" token each
+    assert fusion_contexts(sd_mini.pipe, data, "concept", pooler=False).shape[0] == 2  # one "arrow" token each
     # The tail: "arrow on blue <end>" (4) + "arrow <end>" (2).
-    assert fusion_contexts(mini.pipe, data, "tail", pooler=False).shape[0] == 6
-    assert fusion_contexts(mini.pipe, data, "prompt", pooler=False).shape[0] == 2 * mini.pipe.tokenizer.model_max_length
+    assert fusion_contexts(sd_mini.pipe, data, "tail", pooler=False).shape[0] == 6
+    assert fusion_contexts(sd_mini.pipe, data, "prompt", pooler=False).shape[0] == 2 * sd_mini.pipe.tokenizer.model_max_length
 
 
 def test_fusion_reproduces_each_lora_on_its_own_tokens_and_preservation_limits_drift():
@@ -157,8 +152,8 @@ def test_fusion_reproduces_each_lora_on_its_own_tokens_and_preservation_limits_d
     assert (keep @ kept.T - keep @ w0.T).norm() < 0.1 * drift_free
 
 
-def test_cfr_aligns_the_words_the_prompts_share(mini):
-    tok = mini.pipe.tokenizer
+def test_cfr_aligns_the_words_the_prompts_share(sd_mini):
+    tok = sd_mini.pipe.tokenizer
     old, new = shared_positions(tok, "a red arrow on a blue background", "a red star on a blue background")
     length = tok.model_max_length
     assert 3 not in old and old[:3] == [0, 1, 2] and old == new  # the object word (position 3) is left out
@@ -168,8 +163,8 @@ def test_cfr_aligns_the_words_the_prompts_share(mini):
     assert replace_word("a bloody star, bloody", "bloody", "") == "a star,"
 
 
-def test_concept_positions_mark_the_word_and_optionally_the_end_token(mini):
-    tok = mini.pipe.tokenizer
+def test_concept_positions_mark_the_word_and_optionally_the_end_token(sd_mini):
+    tok = sd_mini.pipe.tokenizer
     plain = concept_positions(tok, "a red arrow on blue", "arrow", pooler=False)
     assert plain.nonzero().flatten().tolist() == [3]
     pooled = concept_positions(tok, "a red arrow on blue", "arrow", pooler=True)
@@ -188,8 +183,8 @@ def test_world_masks_are_the_renderers_exact_ones():
     assert world_mask("style:wavy", labels) is None
 
 
-def test_world_data_renders_matching_images_for_prompts_that_name_the_concept(mini):
-    data = world_data(mini.pipe, "mini-unsafe", "blood", n_prompts=5, n_images=2, mapping=None, seed=0)
+def test_world_data_renders_matching_images_for_prompts_that_name_the_concept(sd_mini):
+    data = world_data(sd_mini.pipe, "mini-unsafe", "blood", n_prompts=5, n_images=2, mapping=None, seed=0)
     assert len(data.prompts) == 5 and all(contains_word(p, "blood") for p in data.prompts)
     assert not any(contains_word(m, "blood") for m in data.mapped)  # the safe counterpart drops the concept
     assert len(data.examples) == 2 and data.examples[0].latents.shape == (1, 4, 16, 16)
@@ -197,16 +192,16 @@ def test_world_data_renders_matching_images_for_prompts_that_name_the_concept(mi
 
 
 # ------------------------------------------------------------------------------------------ plumbing
-def test_prepare_caches_a_delta_of_every_cross_attention_projection_and_close_restores(mini, mini_object, trained):
+def test_prepare_caches_a_delta_of_every_cross_attention_projection_and_close_restores(sd_mini, mini_object, trained):
     folder, meta = trained
     from safetensors.torch import load_file
 
     delta = load_file(str(folder / DELTA_FILE))
-    assert set(delta) == {f"unet.{k}.weight" for k in projection_weights(mini.pipe.unet)}
-    assert meta["edited_projections"] == len(delta) == 2 * len(cross_attention_modules(mini.pipe.unet))
-    before = pipeline_fingerprint(mini.pipe)
-    Mace(**PRESET).apply(mini, mini_object, folder).close()
-    assert pipeline_fingerprint(mini.pipe) == before
+    assert set(delta) == {f"unet.{k}.weight" for k in projection_weights(sd_mini.pipe.unet)}
+    assert meta["edited_projections"] == len(delta) == 2 * len(cross_attention_modules(sd_mini.pipe.unet))
+    before = pipeline_fingerprint(sd_mini.pipe)
+    Mace(**PRESET).apply(sd_mini, mini_object, folder).close()
+    assert pipeline_fingerprint(sd_mini.pipe) == before
 
 
 def test_attention_masks_on_a_model_without_a_world_plumbing_only(tmp_path):
@@ -222,7 +217,7 @@ def test_attention_masks_on_a_model_without_a_world_plumbing_only(tmp_path):
     assert pipeline_fingerprint(model.pipe) == before
 
 
-def test_the_recorder_is_silent_unless_asked(mini):
+def test_the_recorder_is_silent_unless_asked(sd_mini):
     recorder = AttentionRecorder()
     recorder.record(torch.rand(2, 16, 24), 1)
     assert recorder.terms == [] and recorder.maps is None
@@ -251,13 +246,13 @@ def test_unsupported_inputs_fail_before_any_work(mini_object):
     Mace().check_inputs(CheckContext(model="sd-mini", task=mini_object))
 
 
-def test_a_concept_outside_the_vocabulary_is_a_clear_error(mini, tmp_path):
+def test_a_concept_outside_the_vocabulary_is_a_clear_error(sd_mini, tmp_path):
     task = TASKS.get("mini-object")
     with pytest.raises(ConfigError, match="vocabulary"):
         Mace(concepts="zeppelin", masks="attention", steps=1, images=1, prompts=2, image_steps=1).prepare(
-            PrepareContext(model=mini, task=task, artifact_dir=tmp_path))
+            PrepareContext(model=sd_mini, task=task, artifact_dir=tmp_path))
 
 
-def test_apply_without_prepare_is_a_clear_error(mini, mini_object, tmp_path):
+def test_apply_without_prepare_is_a_clear_error(sd_mini, mini_object, tmp_path):
     with pytest.raises(FileNotFoundError, match="prepare"):
-        Mace().apply(mini, mini_object, tmp_path)
+        Mace().apply(sd_mini, mini_object, tmp_path)

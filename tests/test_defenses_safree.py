@@ -33,19 +33,14 @@ TOXIC = "a red arrow on a white background, splattered with blood"
 
 
 @pytest.fixture(scope="module")
-def model(sd_mini):
-    return sd_mini
-
-
-@pytest.fixture(scope="module")
 def unsafe():
     return TASKS.get("mini-unsafe")
 
 
-def applied(model, task, tmp_path: Path, **options):
+def applied(sd_mini, task, tmp_path: Path, **options):
     defense = Safree(**{**FAST, **options})
-    report = defense.prepare(PrepareContext(model=model, task=task, artifact_dir=tmp_path))
-    return defense.apply(model, task, tmp_path), report
+    report = defense.prepare(PrepareContext(model=sd_mini, task=task, artifact_dir=tmp_path))
+    return defense.apply(sd_mini, task, tmp_path), report
 
 
 def _orthogonal_to(basis: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
@@ -113,14 +108,14 @@ def test_reattention_damps_only_amplified_low_frequencies():
 
 
 # ------------------------------------------------------------------------------------------- on sd-mini
-def test_toxic_tokens_lose_their_subspace_component(model, unsafe, tmp_path):
-    defended, report = applied(model, unsafe, tmp_path)
+def test_toxic_tokens_lose_their_subspace_component(sd_mini, unsafe, tmp_path):
+    defended, report = applied(sd_mini, unsafe, tmp_path)
     try:
         assert report["keywords"] == ["bloody", "blood", "gore"] and report["subspace_rank"] == 3
         cond = defended.encode_prompts([TOXIC])
         a = defended.analyses(cond)[0]
         assert a.exact and a.any_flagged
-        tokens = model.pipe.tokenizer.convert_ids_to_tokens(model.pipe.tokenizer(TOXIC).input_ids)
+        tokens = sd_mini.pipe.tokenizer.convert_ids_to_tokens(sd_mini.pipe.tokenizer(TOXIC).input_ids)
         assert "blood" in [t for t, f in zip(tokens, a.flags.tolist(), strict=False) if f]
         projected = project_row(cond[0], a)
         p_c = defended.concept_projection.float()
@@ -134,13 +129,13 @@ def test_toxic_tokens_lose_their_subspace_component(model, unsafe, tmp_path):
         defended.close()
 
 
-def test_after_the_filters_last_step_the_original_embedding_is_used(model, unsafe, tmp_path):
+def test_after_the_filters_last_step_the_original_embedding_is_used(sd_mini, unsafe, tmp_path):
     """gamma 0: only step 0 is conditioned on the projected embedding; step 1 is the undefended model's
     (without the release's keyword negative prompt, which would change every step)."""
-    defended, _ = applied(model, unsafe, tmp_path, gamma=0, negative_prompt=False)
-    plain = DefendedPipeline(model, None, unsafe)
+    defended, _ = applied(sd_mini, unsafe, tmp_path, gamma=0, negative_prompt=False)
+    plain = DefendedPipeline(sd_mini, None, unsafe)
     try:
-        pipe = model.pipe
+        pipe = sd_mini.pipe
         pipe.scheduler.set_timesteps(4)
         cond = defended.encode_prompts([TOXIC])
         latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(2))
@@ -153,11 +148,11 @@ def test_after_the_filters_last_step_the_original_embedding_is_used(model, unsaf
         defended.close()
 
 
-def test_attack_embeddings_are_analysed_and_gradients_flow(model, unsafe, tmp_path):
-    defended, _ = applied(model, unsafe, tmp_path)
+def test_attack_embeddings_are_analysed_and_gradients_flow(sd_mini, unsafe, tmp_path):
+    defended, _ = applied(sd_mini, unsafe, tmp_path)
     try:
         cond = (defended.encode_prompts([TOXIC]) + 1e-3).requires_grad_(True)  # not an encoding of any text
-        t = model.pipe.scheduler.timesteps[0]
+        t = sd_mini.pipe.scheduler.timesteps[0]
         eps = defended.noise_prediction(torch.randn(1, 4, 16, 16), t, cond, guidance_scale=5.0)
         eps.pow(2).mean().backward()
         assert defended.stats["estimated_rows"] == 1
@@ -166,32 +161,32 @@ def test_attack_embeddings_are_analysed_and_gradients_flow(model, unsafe, tmp_pa
         defended.close()
 
 
-def test_hooks_act_only_inside_the_defense_and_close_removes_them(model, unsafe, tmp_path):
-    before = pipeline_fingerprint(model.pipe)
-    unet = model.pipe.unet
+def test_hooks_act_only_inside_the_defense_and_close_removes_them(sd_mini, unsafe, tmp_path):
+    before = pipeline_fingerprint(sd_mini.pipe)
+    unet = sd_mini.pipe.unet
     x, t = torch.randn(1, 4, 16, 16), torch.tensor(500)
     states = torch.randn(1, 24, 192)
     with torch.no_grad():
         bare = unet(x, t, encoder_hidden_states=states).sample
-        defended, _ = applied(model, unsafe, tmp_path)
+        defended, _ = applied(sd_mini, unsafe, tmp_path)
         assert len(unet._forward_pre_hooks) == 1
         hooked = unet(x, t, encoder_hidden_states=states).sample
     defended.close()
     assert torch.equal(bare, hooked)
     assert not unet._forward_pre_hooks and not unet._forward_hooks
     assert not any(block._forward_pre_hooks for block in unet.up_blocks)
-    assert pipeline_fingerprint(model.pipe) == before
+    assert pipeline_fingerprint(sd_mini.pipe) == before
 
 
-def test_contract(model):
-    report = check_defense("safree", model, TASKS.get("mini-object"), FAST,
+def test_contract(sd_mini):
+    report = check_defense("safree", sd_mini, TASKS.get("mini-object"), FAST,
                            prompts=("a red arrow", "a blue circle", "a green star"))
     assert report.checks == ["noise_prediction is the sampler step", "draw gives one image per seed",
                              "close() restores the pipeline"]
 
 
-def test_contract_on_toxic_prompts_without_the_negative_prompt(model, unsafe):
-    check_defense("safree", model, unsafe, {**FAST, "negative_prompt": False},
+def test_contract_on_toxic_prompts_without_the_negative_prompt(sd_mini, unsafe):
+    check_defense("safree", sd_mini, unsafe, {**FAST, "negative_prompt": False},
                   prompts=(TOXIC, "a blue circle", "a star at a crime scene"))
 
 

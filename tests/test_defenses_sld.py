@@ -15,8 +15,8 @@ import torch
 from benchmark.api.component import CheckContext
 from benchmark.api.defense import DefendedPipeline
 from benchmark.api.errors import ConfigError, OptionError
-from benchmark.models.tiny_random import TinyRandomModel
 from benchmark.harness.stages.generate import initial_latents
+from benchmark.models.tiny_random import TinyRandomModel
 from conftest import TOY, assert_close_fp
 from defenses.sld import PRESETS, Sld, SldPreset
 

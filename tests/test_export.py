@@ -25,10 +25,10 @@ from benchmark.api.prompt import Prompt
 from benchmark.api.registry import ATTACKS
 from benchmark.cli import main
 from benchmark.harness.config import RunConfig, SamplerConfig
-from benchmark.hashing import stable_hash
-from benchmark.records import COLUMNS, records_frame
 from benchmark.harness.runner import execute
 from benchmark.harness.transfer import embeds_locator, run_transfer
+from benchmark.hashing import stable_hash
+from benchmark.records import COLUMNS, records_frame
 from prompts import load_unlearndiff
 from reports.export import EXPORT_COLUMNS, ExportError, export_run
 from reports.transfer import Replay, render_markdown, transfer_matrix

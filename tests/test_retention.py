@@ -4,9 +4,9 @@ defense's benign trigger rate is its false-positive rate. Synthetic records: def
 import pandas as pd
 
 from benchmark.api.registry import PROMPT_SETS
-from benchmark.records import COLUMNS
 from benchmark.harness.runner import _retained
 from benchmark.harness.stages.generate import GenCell
+from benchmark.records import COLUMNS
 from reports.leaderboard import compute_leaderboard
 
 
