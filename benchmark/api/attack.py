@@ -31,7 +31,7 @@ import torch
 
 from benchmark.api.component import Component
 from benchmark.api.errors import OptionError
-from benchmark.api.presets import MINI_ON_SMALL_MODELS, SMALL_MODELS, Presets
+from benchmark.api.presets import MINI_ON_SMALL_MODELS, Presets
 from benchmark.api.sampling import draw
 
 if TYPE_CHECKING:

@@ -7,8 +7,13 @@ import sys
 from pathlib import Path
 
 from benchmark.api.errors import RunFailedError
-from benchmark.cli._common import (EXIT_FAILED_CELLS, existing_folder, print_summary, quiet_library_progress,
-                                   report_incomplete)
+from benchmark.cli._common import (
+    EXIT_FAILED_CELLS,
+    existing_folder,
+    print_summary,
+    quiet_library_progress,
+    report_incomplete,
+)
 
 HELP = "write the records and leaderboard of a multi-process run whose workers have finished"
 DESCRIPTION = ("Read every cell of RUN_DIR's config (RUN_DIR/config.yaml) from the store (RUN_DIR's parent) and "

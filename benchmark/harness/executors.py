@@ -24,7 +24,14 @@ from pathlib import Path
 from benchmark.api.errors import ConfigError
 from benchmark.harness.config import RunConfig
 from benchmark.harness.runner import RunIncompleteError, RunSummary, execute
-from benchmark.harness.scale import WorkersFailedError, collect, plan_for_workers, read_reports, run_worker, write_run_config
+from benchmark.harness.scale import (
+    WorkersFailedError,
+    collect,
+    plan_for_workers,
+    read_reports,
+    run_worker,
+    write_run_config,
+)
 from benchmark.shard import Shard
 
 log = logging.getLogger(__name__)
