@@ -35,7 +35,6 @@ from reports.results import load, load_run
 
 log = logging.getLogger("benchmark.ci")
 
-REFERENCES = REFERENCE_ENTRIES
 
 
 @dataclass
@@ -48,7 +47,7 @@ class CiCheck:
     plugins: list[str] = field(default_factory=list)
     options: list[str] = field(default_factory=list)  # --option assignments
     max_prompts: int | None = None
-    references: Path = REFERENCES
+    references: Path = REFERENCE_ENTRIES
     against: str | None = None
     utility_tolerance: float = 0.02
     asr_margin: float = 0.0
